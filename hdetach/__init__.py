@@ -1,0 +1,1 @@
+"""The `hdetach` command line: the application layer over studies, workers and service."""

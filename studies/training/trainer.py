@@ -1,0 +1,304 @@
+"""Train a pack of trials: Adam per trial, clipping per trial, h-detach masks per trial.
+
+A single trial is a pack of one. Each trial draws its data and its masks from its own
+generators (seeded from the trial seed), so it gives the same results alone or in any pack.
+Divergence (a non-finite loss) ends a trial as an outcome while the rest of its pack goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from studies.packed import PackedAdam, clip_grad_norm_per_model
+from studies.tasks import Task, make_task
+from studies.training.config import TrainingConfig, TrialParams, derived_seed
+from studies.training.model import PackedSequenceModel
+
+CHECKPOINT_VERSION = 1
+
+EvalCallback = Callable[[int, dict[str, float]], None]  # (trial index in the pack, curve point)
+
+
+@dataclass
+class TrialRecord:
+    """What is known about one trial so far; the trainer's result once the pack ends."""
+
+    params: TrialParams
+    status: str = "running"  # running | completed | succeeded | diverged | interrupted
+    curve: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)  # test metrics of the final model
+    transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # copying at other T
+    diverged_at: int | None = None
+    steps_to_threshold: int | None = None
+    steps_run: int = 0
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["params"] = self.params.model_dump()
+        return out
+
+
+class PackTrainer:
+    """Trains K trials sharing one TrainingConfig; `run()` returns one TrialRecord per trial."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        trials: Sequence[TrialParams],
+        device: str | torch.device = "cpu",
+        task: Task | None = None,
+    ):
+        if not trials:
+            raise ValueError("a pack needs at least one trial")
+        self.config, self.trials = config, list(trials)
+        self.device = torch.device(device)
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.task = task or make_task(config.task.name, **config.task.options())
+        K = len(self.trials)
+        self.model = PackedSequenceModel.for_trials(
+            self.trials,
+            self.task.input_size,
+            config.hidden_size,
+            self.task.output_size,
+            config.num_layers,
+            self.task.loss_on,
+        ).to(device=self.device, dtype=self.dtype)
+        self.lr = torch.tensor([t.lr for t in self.trials], dtype=torch.float64)
+        self.optimizer = PackedAdam(
+            self.model.parameters(), self.lr, (config.beta1, config.beta2), config.eps
+        )
+        self.max_norm = torch.tensor(
+            [math.inf if t.clip_norm is None else t.clip_norm for t in self.trials],
+            device=self.device,
+            dtype=self.dtype,
+        )
+        self.p_detach = torch.tensor([t.p_detach for t in self.trials])
+        self.data_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "data")) for t in self.trials]
+        self.mask_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "mask")) for t in self.trials]
+        self.records = [TrialRecord(t) for t in self.trials]
+        self.active = [True] * K
+        self.step = 0
+        self._loss_sum = [0.0] * K
+        self._loss_count = [0] * K
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(
+        self,
+        on_eval: EvalCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_path: str | Path | None = None,
+        max_steps: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[TrialRecord]:
+        """Train until the budget is spent or every trial ended.
+
+        `should_stop` is asked after each evaluation; if it says yes, the pack checkpoints and
+        returns with status "interrupted". `max_steps` stops early the same way (for tests).
+        """
+        cfg = self.config
+        while self.step < cfg.steps and any(self.active):
+            started = time.perf_counter()
+            self._train_step()
+            self._add_wall_time(time.perf_counter() - started)
+            if on_step is not None:
+                on_step(self.step)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                started = time.perf_counter()
+                self._evaluate_and_record(on_eval)
+                self._add_wall_time(time.perf_counter() - started)
+                if checkpoint_path is not None:
+                    self.save_checkpoint(checkpoint_path)
+                stop_now = should_stop is not None and should_stop()
+                if stop_now or (max_steps is not None and self.step >= max_steps):
+                    for r in self.records:
+                        if r.status == "running":
+                            r.status = "interrupted"
+                    return self.records
+        self._finish()
+        return self.records
+
+    def _train_step(self) -> None:
+        cfg, task, K = self.config, self.task, len(self.trials)
+        xs, ys, masks = [], [], []
+        p_on = self.step < cfg.p_off_step
+        for k in range(K):
+            if self.active[k]:
+                x, y = task.train_batch(cfg.batch_size, self.data_gens[k])
+                u = torch.rand(task.seq_len, generator=self.mask_gens[k])
+                blocked = u < self.p_detach[k] if p_on else torch.zeros(task.seq_len, dtype=torch.bool)
+            else:  # a finished trial keeps its slot but draws nothing from its generators
+                x, y = self._idle_batch
+                blocked = torch.zeros(task.seq_len, dtype=torch.bool)
+            xs.append(x)
+            ys.append(y)
+            masks.append(blocked)
+        x = torch.stack(xs, dim=1).to(self.device, self.dtype)  # (T, K, B, I)
+        y = torch.stack(ys, dim=-2 if ys[0].dim() == 2 else 0).to(self.device)  # (T, K, B) or (K, B)
+        mask = torch.stack(masks, dim=1)  # (T, K), on the host: blocked steps skip their GEMMs
+        self.model.train()
+        losses = task.losses(self.model(x, mask), y)  # (K,)
+        loss_values = losses.detach().cpu().tolist()
+        for k, value in enumerate(loss_values):
+            if self.active[k] and not math.isfinite(value):
+                self._mark_diverged(k)
+        active = torch.tensor(self.active, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+        with torch.no_grad():
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.masked_fill_(~active.view(-1, *[1] * (p.dim() - 1)), 0.0)
+        clip_grad_norm_per_model(self.model.parameters(), self.max_norm)
+        self.optimizer.step()
+        self.step += 1
+        for k, value in enumerate(loss_values):
+            if self.active[k]:
+                self._loss_sum[k] += value
+                self._loss_count[k] += 1
+                self.records[k].steps_run = self.step
+
+    @property
+    def _idle_batch(self) -> tuple[Tensor, Tensor]:
+        if not hasattr(self, "_idle"):
+            x, y = self.task.train_batch(self.config.batch_size, torch.Generator().manual_seed(0))
+            self._idle = (torch.zeros_like(x), torch.zeros_like(y))
+        return self._idle
+
+    def _mark_diverged(self, k: int) -> None:
+        record = self.records[k]
+        record.status, record.diverged_at = "diverged", self.step + 1
+        self._deactivate(k)
+        self.model.reset_model(k)
+        for state in self.optimizer.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key][k].zero_()
+
+    def _deactivate(self, k: int) -> None:
+        self.active[k] = False
+        self.optimizer.lr[k] = 0.0
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, task: Task | None = None) -> dict[str, Tensor]:
+        """Metrics of every model of the pack on a fixed evaluation set, each a (K,) tensor."""
+        task = task or self.task
+        K = len(self.trials)
+        self.model.eval()
+        sums: dict[str, Tensor] = {}
+        for x, y in task.eval_batches(split, self.config.eval_batch_size):
+            xk = x.to(self.device, self.dtype).unsqueeze(1).expand(-1, K, -1, -1)  # (T, K, B, I)
+            batch = task.metrics(self.model(xk), y)
+            for key, value in batch.items():
+                sums[key] = sums[key] + value if key in sums else value
+        return task.finalize(sums)
+
+    def _evaluate_and_record(self, on_eval: EvalCallback | None) -> None:
+        running = [k for k, r in enumerate(self.records) if r.status == "running"]
+        if not running:
+            return
+        metrics = self.evaluate("val")
+        for k in running:
+            record = self.records[k]
+            point = {"step": float(self.step)}
+            if self._loss_count[k]:
+                point["train_loss"] = self._loss_sum[k] / self._loss_count[k]
+            point.update({f"val_{name}": float(v[k]) for name, v in metrics.items()})
+            self._loss_sum[k], self._loss_count[k] = 0.0, 0
+            record.curve.append(point)
+            value = point[f"val_{self.task.success_metric}"]
+            if record.steps_to_threshold is None and self.task.is_success(value):
+                record.steps_to_threshold = self.step
+                if self.config.stop_on_success:
+                    record.status = "succeeded"
+                    self._deactivate(k)
+            if on_eval is not None:
+                on_eval(k, point)
+
+    def _finish(self) -> None:
+        """Test every trial that did not diverge, and mark the rest of the pack completed."""
+        alive = [k for k, r in enumerate(self.records) if r.status != "diverged"]
+        if alive:
+            tests = {"": self.evaluate("test")}
+            for T in self.config.transfer_T:
+                options = {**self.config.task.options(), "T": T}
+                tests[str(T)] = self.evaluate("test", make_task(self.config.task.name, **options))
+            for k in alive:
+                record = self.records[k]
+                record.final = {name: float(v[k]) for name, v in tests[""].items()}
+                record.transfer = {
+                    T: {name: float(v[k]) for name, v in metrics.items()} for T, metrics in tests.items() if T
+                }
+                if record.status == "running":
+                    record.status = "completed"
+
+    def _add_wall_time(self, seconds: float) -> None:
+        for k, record in enumerate(self.records):
+            if self.active[k] or record.status == "running":
+                record.wall_time_s += seconds
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Everything needed to continue exactly where the pack is now (written atomically)."""
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.model_dump(),
+            "trials": [t.model_dump() for t in self.trials],
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr": self.optimizer.lr,
+            "data_gens": [g.get_state() for g in self.data_gens],
+            "mask_gens": [g.get_state() for g in self.mask_gens],
+            "records": [r.to_dict() for r in self.records],
+            "active": self.active,
+            "loss_acc": (self._loss_sum, self._loss_count),
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> PackTrainer:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: unsupported checkpoint version {state.get('version')}")
+        trials = [TrialParams(**t) for t in state["trials"]]
+        trainer = cls(TrainingConfig(**state["config"]), trials, device)
+        trainer.step = state["step"]
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.optimizer.lr = state["lr"]
+        for g, s in zip(
+            trainer.data_gens + trainer.mask_gens, state["data_gens"] + state["mask_gens"], strict=True
+        ):
+            g.set_state(s)
+        trainer.active = list(state["active"])
+        trainer._loss_sum, trainer._loss_count = (list(v) for v in state["loss_acc"])
+        for record, saved in zip(trainer.records, state["records"], strict=True):
+            for key, value in saved.items():
+                if key != "params":
+                    setattr(record, key, value)
+            if record.status == "interrupted":
+                record.status = "running"
+        return trainer
+
+
+def train_trials(
+    config: TrainingConfig,
+    trials: Sequence[TrialParams],
+    device: str | torch.device = "cpu",
+    on_eval: EvalCallback | None = None,
+) -> list[TrialRecord]:
+    """Train `trials` as one pack and return their records."""
+    return PackTrainer(config, trials, device).run(on_eval=on_eval)

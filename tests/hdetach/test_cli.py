@@ -1,0 +1,64 @@
+"""The `hdetach` command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HDETACH = [sys.executable, "-m", "hdetach"]
+TINY = ["--T", "3", "--steps", "6", "--eval-every", "3", "--hidden-size", "8", "--batch-size", "4"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HDETACH, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_train_json_packs_every_lr_and_seed():
+    result = run("train", *TINY, "--lr", "1e-3", "--lr", "1e-2", "--seed", "1", "--seed", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    trials = out["trials"]
+    assert sorted((t["params"]["lr"], t["params"]["seed"]) for t in trials) == [
+        (1e-3, 1),
+        (1e-3, 2),
+        (1e-2, 1),
+        (1e-2, 2),
+    ]
+    assert all(t["status"] == "completed" and 0.0 <= t["final"]["accuracy"] <= 1.0 for t in trials)
+    assert all(len(t["curve"]) == 2 for t in trials)
+
+
+def test_train_prints_one_row_per_trial():
+    result = run("train", *TINY, "--variant", "vanilla", "--variant", "h-detach")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("completed") == 2
+    assert "vanilla" in result.stdout and "h-detach" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--lr", "-0.1"], "lr"),
+        (["--p-detach", "1.5"], "p_detach"),
+        (["--task", "sorting"], "unknown task"),
+        (["--variant", "zoneout"], "unknown variant"),
+        (["--steps", "0"], "steps"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_code_2(args, needle):
+    result = run("train", *TINY, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_mnist_directory_is_a_clear_error(tmp_path: Path):
+    result = run("train", "--task", "pixel_mnist", "--mnist-root", str(tmp_path), "--steps", "1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0]

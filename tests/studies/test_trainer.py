@@ -1,0 +1,117 @@
+"""The trainer: pack equals alone, determinism, resume, divergence, success and annealing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from studies.tasks import make_task
+from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+
+SMALL = TrainingConfig(
+    task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
+    hidden_size=8,
+    steps=24,
+    batch_size=8,
+    eval_every=8,
+    eval_batch_size=256,
+)
+TRIALS = [
+    TrialParams(variant="vanilla", p_detach=0.0, lr=1e-3, seed=1),
+    TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=2),
+    TrialParams(variant="h-detach", p_detach=0.5, lr=3e-3, seed=3, clip_norm=None),
+]
+
+
+def _curves(records):
+    return [[point for point in r.curve] for r in records]
+
+
+def _close(a: dict, b: dict, tol: float) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol for k in a)
+
+
+def test_trial_in_a_pack_equals_the_trial_alone():
+    config = SMALL.model_copy(update={"dtype": "float64"})
+    packed = PackTrainer(config, TRIALS).run()
+    for k, trial in enumerate(TRIALS):
+        alone = PackTrainer(config, [trial]).run()[0]
+        assert len(alone.curve) == len(packed[k].curve) == 3
+        for p, q in zip(alone.curve, packed[k].curve, strict=True):
+            assert _close(p, q, 1e-9), (p, q)
+        assert _close(alone.final, packed[k].final, 1e-9)
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    first = PackTrainer(SMALL, TRIALS[:2]).run()
+    second = PackTrainer(SMALL, TRIALS[:2]).run()
+    assert _curves(first) == _curves(second) and [r.final for r in first] == [r.final for r in second]
+    other = PackTrainer(SMALL, [TRIALS[0].model_copy(update={"seed": 99})]).run()
+    assert other[0].curve[-1]["train_loss"] != first[0].curve[-1]["train_loss"]
+
+
+def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path):
+    path = tmp_path / "pack.ckpt"
+    uninterrupted = PackTrainer(SMALL, TRIALS).run()
+    interrupted = PackTrainer(SMALL, TRIALS).run(checkpoint_path=path, max_steps=8)
+    assert all(r.status == "interrupted" and r.steps_run == 8 for r in interrupted)
+    resumed = PackTrainer.from_checkpoint(path).run(checkpoint_path=path)
+    assert _curves(resumed) == _curves(uninterrupted)
+    assert [r.final for r in resumed] == [r.final for r in uninterrupted]
+    assert all(r.status == "completed" for r in resumed)
+
+
+def test_divergence_is_an_outcome_and_the_rest_of_the_pack_goes_on():
+    trials = [TRIALS[0], TrialParams(variant="vanilla", p_detach=0.0, lr=1e38, seed=4, clip_norm=None)]
+    records = PackTrainer(SMALL, trials).run()
+    healthy, diverged = records
+    assert (
+        diverged.status == "diverged"
+        and diverged.diverged_at is not None
+        and diverged.diverged_at <= SMALL.steps
+    )
+    assert diverged.final == {}
+    assert healthy.status == "completed" and healthy.steps_run == SMALL.steps
+    alone = PackTrainer(SMALL, [TRIALS[0]]).run()[0]
+    assert all(math.isfinite(v) for v in healthy.final.values())
+    assert _close(alone.final, healthy.final, 1e-5)
+
+
+def test_steps_to_threshold_and_stop_on_success():
+    task = make_task("copying", **SMALL.task.options())
+    task.success_threshold = 0.0  # every evaluation succeeds, so the first one records it
+    config = SMALL.model_copy(update={"stop_on_success": True})
+    record = PackTrainer(config, TRIALS[:1], task=task).run()[0]
+    assert record.steps_to_threshold == SMALL.eval_every
+    assert record.status == "succeeded" and record.steps_run == SMALL.eval_every
+    assert record.final  # a trial that stopped on success is still tested
+
+
+def test_p_off_for_the_whole_run_equals_vanilla():
+    config = SMALL.model_copy(update={"p_off_fraction": 1.0})
+    detach = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=5)]).run()[0]
+    vanilla = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=0.0, lr=1e-2, seed=5)]).run()[0]
+    assert detach.curve == vanilla.curve
+    with_p = PackTrainer(SMALL, [TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=5)]).run()[0]
+    assert with_p.curve != vanilla.curve
+
+
+def test_transfer_copying_tests_the_final_model_at_other_delays():
+    config = SMALL.model_copy(update={"transfer_T": (8, 12)})
+    record = PackTrainer(config, TRIALS[:1]).run()[0]
+    assert set(record.transfer) == {"8", "12"}
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in record.transfer.values())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("lr", -1.0), ("lr", 0.0), ("p_detach", 1.5), ("p_detach", -0.1), ("seed", -1)]
+)
+def test_bad_trial_params_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrialParams(**{field: value})
+
+
+def test_vanilla_with_p_detach_is_rejected():
+    with pytest.raises(ValueError, match="vanilla"):
+        TrialParams(variant="vanilla", p_detach=0.5)
