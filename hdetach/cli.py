@@ -196,5 +196,105 @@ def demo(
     out.print(results_table(trainer.task.success_metric, records))
 
 
+db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option(help="database URL (default: HDETACH_DATABASE_URL or the SQLite file)")
+]
+
+
+def _settings(database_url: str | None):
+    from hdetach.settings import Settings
+
+    settings = Settings()
+    return settings.model_copy(update={"database_url": database_url}) if database_url else settings
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Create or migrate the database schema (Alembic, to the latest revision)."""
+    from studies.db.engine import upgrade
+
+    settings = _settings(database_url)
+    upgrade(settings.database_url)
+    typer.echo(f"database at head: {settings.database_url}")
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="study spec (JSON)")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Queue a study straight into the database (no API needed); prints its id."""
+    from hdetach.studies_app import Backend
+
+    if not spec_file.is_file():
+        fail(f"{spec_file}: no such file")
+    with Backend(_settings(database_url)) as backend:
+        try:
+            spec = backend.parse_spec(spec_file.read_text())
+        except ValidationError as e:
+            fail(f"invalid spec: {validation_message(e)}")
+        typer.echo(backend.submit(spec))
+
+
+@app.command()
+def status(
+    study_id: Annotated[int, typer.Argument(help="study id")],
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A study's state and its jobs counted by state."""
+    from hdetach.studies_app import Backend
+    from studies import queue
+    from studies.exceptions import NotFound
+
+    with Backend(_settings(database_url)) as backend:
+        try:
+            study = queue.get_study(backend.factory, study_id)
+        except NotFound:
+            fail(f"no study with id {study_id}")
+        counts = queue.job_counts(backend.factory, study_id)
+    info = {"id": study_id, "name": study.name, "status": study.status, "jobs": counts}
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    total = sum(counts.values())
+    done = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+    typer.echo(f"study {study_id} ({study.name}): {study.status}, {done}/{total} cells finished")
+    typer.echo("  " + ", ".join(f"{state} {n}" for state, n in counts.items() if n))
+
+
+@app.command()
+def worker(
+    database_url: DatabaseUrl = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    pack: Annotated[int, typer.Option(min=1, help="most jobs trained together in one packed run")] = 8,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
+    max_packs: Annotated[int | None, typer.Option(min=1, help="stop after this many packs")] = None,
+) -> None:
+    """Claim queued trials and train them on one device until stopped (SIGTERM: graceful)."""
+    import logging
+
+    from workers.worker import Worker, WorkerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings(database_url)
+    options = WorkerOptions(
+        database_url=settings.database_url,
+        device=device,
+        pack=pack,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        poll_seconds=settings.poll_seconds,
+        threads=threads,
+        max_packs=max_packs,
+        exit_when_idle=exit_when_idle,
+    )
+    Worker(options).run()
+
+
 def main() -> None:
     app()

@@ -1,5 +1,45 @@
-"""hdetach-studies core: the h-detach LSTM, the paper's tasks, training, and robustness studies."""
+"""hdetach-studies core: the h-detach LSTM, the paper's tasks, training, and robustness studies.
 
-from studies.lstm import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm, sample_detach_mask
+Names are loaded on first use, so that a process which only queues jobs (the API) does not
+import torch at start-up.
+"""
 
-__all__ = ["HDetachLSTM", "PackedHDetachLSTM", "detach_loop_lstm", "sample_detach_mask"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "HDetachLSTM": "studies.lstm",
+    "PackedHDetachLSTM": "studies.lstm",
+    "detach_loop_lstm": "studies.lstm",
+    "sample_detach_mask": "studies.lstm",
+    "StudySpec": "studies.spec",
+    "SpecLimits": "studies.spec",
+    "PackTrainer": "studies.training",
+    "TrainingConfig": "studies.training",
+    "TrialParams": "studies.training",
+}
+
+__all__ = [
+    "HDetachLSTM",
+    "PackTrainer",
+    "PackedHDetachLSTM",
+    "SpecLimits",
+    "StudySpec",
+    "TrainingConfig",
+    "TrialParams",
+    "detach_loop_lstm",
+    "sample_detach_mask",
+]
+
+if TYPE_CHECKING:
+    from studies.lstm import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm, sample_detach_mask
+    from studies.spec import SpecLimits, StudySpec
+    from studies.training import PackTrainer, TrainingConfig, TrialParams
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'studies' has no attribute {name!r}")

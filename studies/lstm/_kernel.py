@@ -51,12 +51,16 @@ class StepMask:
 
 
 class FusedHDetachLayer(torch.autograd.Function):
-    """One LSTM layer for K packed models, h-detach applied in the backward pass."""
+    """One LSTM layer for K packed models, h-detach applied in the backward pass.
+
+    Tensors are model-major, (K, T, B, ...): each model's steps are contiguous, so the all-step
+    GEMMs (input projection, weight gradients) need no copies, and a step is a strided (K, B, ...) view.
+    """
 
     @staticmethod
     def forward(
         ctx: Any,
-        x: Tensor,  # (T, K, B, I)
+        x: Tensor,  # (K, T, B, I)
         h0: Tensor,  # (K, B, H)
         c0: Tensor,  # (K, B, H)
         w_ih: Tensor,  # (K, 4H, I), internal gate order
@@ -64,91 +68,89 @@ class FusedHDetachLayer(torch.autograd.Function):
         bias: Tensor | None,  # (K, 4H) = b_ih + b_hh, internal gate order
         mask: StepMask | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        T, K, B, _ = x.shape
+        K, T, B, _ = x.shape
         H = w_hh.shape[-1]
         # Input projection for all steps in one GEMM per model: (K, T*B, I) @ (K, I, 4H).
-        x_k = x.transpose(0, 1).reshape(K, T * B, -1)
+        x_k = x.reshape(K, T * B, -1)
         if bias is not None:
             xg = torch.baddbmm(bias.unsqueeze(1), x_k, w_ih.transpose(1, 2))
         else:
             xg = torch.bmm(x_k, w_ih.transpose(1, 2))
-        act = (
-            xg.view(K, T, B, 4 * H).transpose(0, 1).contiguous()
-        )  # (T, K, B, 4H): pre-activations, then gates
-        h = x.new_empty(T + 1, K, B, H)
-        c = x.new_empty(T + 1, K, B, H)
-        tanh_c = x.new_empty(T, K, B, H)
-        h[0] = h0
-        c[0] = c0
+        act = xg.view(K, T, B, 4 * H)  # pre-activations, overwritten step by step with the gates
+        h = x.new_empty(K, T + 1, B, H)
+        c = x.new_empty(K, T + 1, B, H)
+        tanh_c = x.new_empty(K, T, B, H)
+        h[:, 0] = h0
+        c[:, 0] = c0
         minus_one = x.new_tensor(-1.0)
         w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
         for t in range(T):
-            a = act[t]
-            a.baddbmm_(h[t], w_hh_t)
+            a = act[:, t]  # (K, B, 4H)
+            a.baddbmm_(h[:, t], w_hh_t)
             a.sigmoid_()
             o, i, f, g = a.split(H, dim=-1)
             torch.add(minus_one, g, alpha=2, out=g)  # tanh of the unscaled pre-activation
-            torch.mul(f, c[t], out=c[t + 1])
-            c[t + 1].addcmul_(i, g)
-            torch.tanh(c[t + 1], out=tanh_c[t])
-            torch.mul(o, tanh_c[t], out=h[t + 1])
+            c_next = c[:, t + 1]
+            torch.mul(f, c[:, t], out=c_next)
+            c_next.addcmul_(i, g)
+            torch.tanh(c_next, out=tanh_c[:, t])
+            torch.mul(o, tanh_c[:, t], out=h[:, t + 1])
         ctx.mask = mask
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, w_ih, w_hh, h, c, tanh_c, act)
-        return h[1:], h[T].clone(), c[T].clone()
+        return h[:, 1:], h[:, T].clone(), c[:, T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None, grad_cn: Tensor | None):
         x, w_ih, w_hh, h, c, tanh_c, act = ctx.saved_tensors
         mask: StepMask | None = ctx.mask
-        T, K, B, _ = x.shape
+        K, T, B, _ = x.shape
         H = w_hh.shape[-1]
         if grad_out is None:
-            grad_out = x.new_zeros(T, K, B, H)
-        o, i, f, g = act.split(H, dim=-1)  # each (T, K, B, H)
+            grad_out = x.new_zeros(K, T, B, H)
+        o, i, f, g = act.split(H, dim=-1)  # each (K, T, B, H)
         one, half = x.new_tensor(1.0), x.new_tensor(0.5)
 
         # Local derivatives for all steps at once, written in place (large temporaries cost page
-        # faults on a CPU). d_pre[t] = local[t] * (dh_t for o; dc_t for i, f, g) afterwards.
-        d_pre = torch.empty_like(act)  # (T, K, B, 4H)
+        # faults on a CPU). d_pre[:, t] = local * (dh_t for o; dc_t for i, f, g) afterwards.
+        d_pre = torch.empty_like(act)  # (K, T, B, 4H)
         d_o, d_i, d_f, d_g = d_pre.split(H, dim=-1)
         torch.addcmul(o, o, o, value=-1, out=d_o).mul_(tanh_c)  # tanh(c) * o (1 - o)
         torch.addcmul(i, i, i, value=-1, out=d_i).mul_(g)  # g * i (1 - i)
-        torch.addcmul(f, f, f, value=-1, out=d_f).mul_(c[:-1])  # c_{t-1} * f (1 - f)
+        torch.addcmul(f, f, f, value=-1, out=d_f).mul_(c[:, :-1])  # c_{t-1} * f (1 - f)
         torch.addcmul(half, g, g, value=-0.5, out=d_g).mul_(i)  # i * d tanh(x) / d(2x)
         dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)  # o (1 - tanh(c)^2)
 
-        dh = grad_out[T - 1] if grad_hn is None else grad_out[T - 1] + grad_hn
-        dc_carry = grad_cn if grad_cn is not None else torch.zeros_like(h[0])
-        grad_h0 = torch.zeros_like(h[0])
+        dh = grad_out[:, T - 1] if grad_hn is None else grad_out[:, T - 1] + grad_hn
+        dc_carry = grad_cn if grad_cn is not None else torch.zeros_like(h[:, 0])
+        grad_h0 = torch.zeros_like(h[:, 0])
         for t in range(T - 1, -1, -1):
-            dc = torch.addcmul(dc_carry, dh, dc_from_dh[t])
-            d_pre_t = d_pre[t]
-            d_pre_t[..., H:].view(K, B, 3, H).mul_(dc.unsqueeze(2))
+            dc = torch.addcmul(dc_carry, dh, dc_from_dh[:, t])
+            d_pre_t = d_pre[:, t]  # (K, B, 4H)
+            d_pre_t[..., H:].unflatten(-1, (3, H)).mul_(dc.unsqueeze(2))
             d_pre_t[..., :H].mul_(dh)
-            dc_carry = dc * f[t]
+            dc_carry = dc * f[:, t]
             state = "none" if mask is None else mask.state(t)
             if state == "all":
-                dh = grad_out[t - 1] if t > 0 else grad_h0
+                dh = grad_out[:, t - 1] if t > 0 else grad_h0
                 continue
             prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
             if t > 0:
-                dh = torch.baddbmm(grad_out[t - 1], prev, w_hh)
+                dh = torch.baddbmm(grad_out[:, t - 1], prev, w_hh)
             else:
                 grad_h0 = torch.bmm(prev, w_hh)
 
         # Weight gradients: one GEMM over all steps. W_hh gets its gradient at blocked steps too.
-        d_pre_k = d_pre.transpose(0, 1).reshape(K, T * B, 4 * H)
+        d_pre_k = d_pre.view(K, T * B, 4 * H)
         need = ctx.needs_input_grad
         grad_x = grad_w_ih = grad_w_hh = grad_bias = None
         if need[0]:
-            grad_x = torch.bmm(d_pre_k, w_ih).view(K, T, B, -1).transpose(0, 1)
+            grad_x = torch.bmm(d_pre_k, w_ih).view(K, T, B, -1)
         if need[3]:
-            grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), x.transpose(0, 1).reshape(K, T * B, -1))
+            grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), x.reshape(K, T * B, -1))
         if need[4]:
-            h_prev = h[:-1].transpose(0, 1).reshape(K, T * B, H)
-            grad_w_hh = torch.bmm(d_pre_k.transpose(1, 2), h_prev)
+            grad_w_hh = torch.bmm(d_pre_k.transpose(1, 2), h[:, :T].reshape(K, T * B, H))
         if ctx.has_bias and need[5]:
             grad_bias = d_pre_k.sum(dim=1)
         return grad_x, grad_h0, dc_carry, grad_w_ih, grad_w_hh, grad_bias, None
@@ -163,10 +165,13 @@ def packed_lstm_layers(
     ],  # (w_ih, w_hh, b_ih, b_hh), nn.LSTM order
     blocked: Tensor | None,  # (T, K) bool, True = gradient through h_{t-1} blocked at step t
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run a stack of packed LSTM layers; every layer uses the same per-step mask."""
+    """Run a stack of packed LSTM layers; every layer uses the same per-step mask.
+
+    Returns output (T, K, B, H) (a view of model-major storage), h_n and c_n (L, K, B, H).
+    """
     H = h0.shape[-1]
     mask = None if blocked is None else StepMask(blocked, x.dtype, x.device)
-    out = x
+    out = x.transpose(0, 1).contiguous()  # (K, T, B, I), model-major for the layers
     h_n, c_n = [], []
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
         bias = None if b_ih is None or b_hh is None else to_internal_order(b_ih + b_hh, H)
@@ -181,4 +186,4 @@ def packed_lstm_layers(
         )
         h_n.append(h_last)
         c_n.append(c_last)
-    return out, torch.stack(h_n), torch.stack(c_n)
+    return out.transpose(0, 1), torch.stack(h_n), torch.stack(c_n)

@@ -1,8 +1,18 @@
-"""Training one trial or a pack of trials on the paper's tasks."""
+"""Training one trial or a pack of trials on the paper's tasks (torch is imported on first use)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from studies.training.config import TaskConfig, TrainingConfig, TrialParams, derived_seed
-from studies.training.model import PackedSequenceModel
-from studies.training.trainer import PackTrainer, TrialRecord, train_trials
+
+_LAZY = {
+    "PackedSequenceModel": "studies.training.model",
+    "PackTrainer": "studies.training.trainer",
+    "TrialRecord": "studies.training.trainer",
+    "train_trials": "studies.training.trainer",
+}
 
 __all__ = [
     "PackTrainer",
@@ -14,3 +24,13 @@ __all__ = [
     "derived_seed",
     "train_trials",
 ]
+
+if TYPE_CHECKING:
+    from studies.training.model import PackedSequenceModel
+    from studies.training.trainer import PackTrainer, TrialRecord, train_trials
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'studies.training' has no attribute {name!r}")

@@ -70,6 +70,8 @@ class TrainingConfig(BaseModel):
     eps: float = Field(1e-8, gt=0.0)
     dtype: Literal["float32", "float64"] = "float32"
     transfer_T: tuple[int, ...] = Field((), description="copying: also test the final model at these delays")
+    success_metric: Literal["accuracy", "mse", "loss"] | None = Field(None, description="default: the task's")
+    success_threshold: float | None = Field(None, description="default: the task's")
 
     @property
     def p_off_step(self) -> int:

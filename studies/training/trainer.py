@@ -33,7 +33,7 @@ class TrialRecord:
     """What is known about one trial so far; the trainer's result once the pack ends."""
 
     params: TrialParams
-    status: str = "running"  # running | completed | succeeded | diverged | interrupted
+    status: str = "running"  # running | completed | succeeded | diverged | interrupted | cancelled
     curve: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # test metrics of the final model
     transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # copying at other T
@@ -85,6 +85,10 @@ class PackTrainer:
         self.p_detach = torch.tensor([t.p_detach for t in self.trials])
         self.data_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "data")) for t in self.trials]
         self.mask_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "mask")) for t in self.trials]
+        self.success_metric = config.success_metric or self.task.success_metric
+        self.success_threshold = (
+            self.task.success_threshold if config.success_threshold is None else config.success_threshold
+        )
         self.records = [TrialRecord(t) for t in self.trials]
         self.active = [True] * K
         self.step = 0
@@ -183,6 +187,12 @@ class PackTrainer:
             for key in ("exp_avg", "exp_avg_sq"):
                 state[key][k].zero_()
 
+    def stop_trial(self, k: int, status: str = "cancelled") -> None:
+        """End trial k now (e.g. its study was cancelled); the rest of the pack goes on."""
+        if self.records[k].status == "running":
+            self.records[k].status = status
+            self._deactivate(k)
+
     def _deactivate(self, k: int) -> None:
         self.active[k] = False
         self.optimizer.lr[k] = 0.0
@@ -215,8 +225,8 @@ class PackTrainer:
             point.update({f"val_{name}": float(v[k]) for name, v in metrics.items()})
             self._loss_sum[k], self._loss_count[k] = 0.0, 0
             record.curve.append(point)
-            value = point[f"val_{self.task.success_metric}"]
-            if record.steps_to_threshold is None and self.task.is_success(value):
+            value = point.get(f"val_{self.success_metric}", math.nan)
+            if record.steps_to_threshold is None and self.is_success(value):
                 record.steps_to_threshold = self.step
                 if self.config.stop_on_success:
                     record.status = "succeeded"
@@ -224,9 +234,15 @@ class PackTrainer:
             if on_eval is not None:
                 on_eval(k, point)
 
+    def is_success(self, value: float) -> bool:
+        """Whether a value of the success metric meets the threshold (accuracy: >=; mse, loss: <=)."""
+        if self.success_metric == "accuracy":
+            return value >= self.success_threshold
+        return value <= self.success_threshold
+
     def _finish(self) -> None:
         """Test every trial that did not diverge, and mark the rest of the pack completed."""
-        alive = [k for k, r in enumerate(self.records) if r.status != "diverged"]
+        alive = [k for k, r in enumerate(self.records) if r.status not in ("diverged", "cancelled")]
         if alive:
             tests = {"": self.evaluate("test")}
             for T in self.config.transfer_T:

@@ -1,0 +1,32 @@
+"""Deployment settings, from the environment (prefix HDETACH_) or a .env file."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from studies.spec import SpecLimits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HDETACH_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///hdetach.db"  # SQLite file (embedded default) or postgresql://...
+    lease_seconds: float = Field(
+        60.0, gt=0
+    )  # a claimed job is presumed abandoned this long after its last heartbeat
+    heartbeat_seconds: float = Field(10.0, gt=0)  # how often a worker renews its leases
+    poll_seconds: float = Field(2.0, gt=0)  # how long an idle worker waits before asking again
+    max_attempts: int = Field(3, ge=1)  # attempts per grid cell before it is marked failed
+    max_grid_size: int = Field(10_000, ge=1)  # largest study accepted
+    max_T: int = Field(2_000, ge=1)  # longest copying delay / adding length accepted
+    max_steps: int = Field(1_000_000, ge=1)  # largest step budget per trial accepted
+    max_hidden_size: int = Field(2_048, ge=1)  # largest LSTM accepted
+
+    def spec_limits(self) -> SpecLimits:
+        return SpecLimits(
+            max_grid_size=self.max_grid_size,
+            max_T=self.max_T,
+            max_steps=self.max_steps,
+            max_hidden_size=self.max_hidden_size,
+        )

@@ -1,0 +1,53 @@
+"""The application's handle on its database: our tables and Optuna's, shared by the CLI and the service."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from types import TracebackType
+
+from optuna.storages import RDBStorage
+from sqlalchemy.orm import Session, sessionmaker
+
+from hdetach.settings import Settings
+from studies import queue
+from studies.db.engine import make_engine, session_factory, upgrade
+from studies.spec import StudySpec
+from studies.tracking import create_optuna_study, open_storage
+
+
+class Backend:
+    """One engine and one Optuna storage per process; the schema is brought to head on start-up."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        upgrade(settings.database_url)
+        self.engine = make_engine(settings.database_url)
+        self.factory: sessionmaker[Session] = session_factory(self.engine)
+
+    @cached_property
+    def storage(self) -> RDBStorage:
+        return open_storage(self.settings.database_url)
+
+    def parse_spec(self, text: str) -> StudySpec:
+        """Validate a JSON spec against this deployment's limits (raises pydantic's ValidationError)."""
+        return StudySpec.model_validate_json(text, context={"limits": self.settings.spec_limits()})
+
+    def submit(self, spec: StudySpec) -> int:
+        """Queue the study's jobs (one transaction), then register its Optuna study."""
+        study_id = queue.submit_study(
+            self.factory, spec, max_attempts=self.settings.max_attempts, limits=self.settings.spec_limits()
+        )
+        study = queue.get_study(self.factory, study_id)
+        create_optuna_study(self.storage, study.optuna_study_name, spec, study_id)
+        return study_id
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if "storage" in self.__dict__:
+            self.storage.engine.dispose()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()

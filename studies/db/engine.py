@@ -1,0 +1,137 @@
+"""Engines, sessions and migrations for SQLite (one machine) and PostgreSQL (many).
+
+SQLite: Python's sqlite3 driver begins transactions lazily, and a read transaction that later
+writes must upgrade its lock, which fails at once with "database is locked" when another process
+got there first. Following SQLAlchemy's recipe (docs: "Enabling Non-Legacy SQLite Transactional
+Modes"), sqlite3's own transaction handling is switched off and every transaction starts with
+BEGIN IMMEDIATE, so writers from several processes queue on the lock (busy_timeout) instead.
+A `session_scope(..., readonly=True)` begins with a plain BEGIN: in WAL mode it never waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+VERSION_TABLE = "hd_alembic_version"  # Optuna's own Alembic history lives in `alembic_version`
+_MIGRATION_LOCK_KEY = 0x68646574  # pg_advisory_xact_lock key ("hdet")
+# PostgreSQL SQLSTATEs worth one more try: deadlock_detected, serialization_failure.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+_READONLY = "hdetach_readonly"  # execution option read by the SQLite begin hook
+
+
+def database_url(url: str | URL) -> URL:
+    """`postgresql://` and `postgres://` mean psycopg 3 here."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def normalise_url(url: str | URL) -> str:
+    """`database_url` as a string (password included), for libraries that take one, such as Optuna."""
+    return database_url(url).render_as_string(hide_password=False)
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # sqlite3 emits no BEGIN of its own; see _sqlite_on_begin
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # a read-only scope needs no write lock: in WAL mode its reads run beside a writer
+    readonly = connection.get_execution_options().get(_READONLY, False)
+    connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # Objects stay readable after the session closes: callers get plain detached rows.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session], readonly: bool = False) -> Iterator[Session]:
+    """The one place that commits, rolls back and closes. `readonly`: SQLite skips the write lock."""
+    session = factory()
+    try:
+        if readonly:
+            session.connection(execution_options={_READONLY: True})
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3) -> T:
+    """`work(session)` in one transaction, run again if PostgreSQL aborts it as a deadlock victim."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(factory) as session:
+                return work(session)
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in _TRANSIENT_SQLSTATES or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def alembic_config(url: str | URL) -> Config:
+    """Alembic's configuration, built in code: no alembic.ini is needed, installed or not."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # `%` is ConfigParser's interpolation character; escape it in passwords.
+    config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Migrate the database to `revision`; idempotent, and safe to run from several processes at once.
+
+    The whole upgrade is one transaction that first takes a lock (PostgreSQL: an advisory lock;
+    SQLite: BEGIN IMMEDIATE's write lock), so a second process waits, then finds nothing to do.
+    """
+    from alembic import command
+
+    config = alembic_config(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()

@@ -1,0 +1,160 @@
+"""The queue's tables: studies, their jobs (one per grid cell) and the workers that run them.
+
+Every table is prefixed `hd_` because Optuna keeps its own tables in the same database.
+Times are timezone-aware UTC datetimes in Python; `UTCDateTime` normalises what the driver returns.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class StudyStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class WorkerStatus(StrEnum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """The one place naive datetimes are handled: SQLite hands them back naive, and they are UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """DateTime(timezone=True) that accepts only aware datetimes and always returns aware UTC ones."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass timezone-aware UTC times")
+        value = value.astimezone(UTC)
+        # SQLite stores text: drop the offset so every stored value compares as a plain UTC string.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+def _one_of(column: str, enum: type[StrEnum]) -> CheckConstraint:
+    allowed = ", ".join(f"'{member.value}'" for member in enum)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_valid")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
+
+
+class Study(Base):
+    __tablename__ = "hd_studies"
+    __table_args__ = (_one_of("status", StudyStatus),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec_json: Mapped[str] = mapped_column(Text)  # the validated StudySpec, as JSON
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    optuna_study_name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """One grid cell of a study; its attempts are serialised through a lease (token + expiry)."""
+
+    __tablename__ = "hd_jobs"
+    __table_args__ = (
+        UniqueConstraint("study_id", "cell_index", name="uq_hd_jobs_study_cell"),
+        Index("ix_hd_jobs_state_priority", "state", "priority"),
+        Index("ix_hd_jobs_study_state", "study_id", "state"),
+        _one_of("state", JobState),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hd_studies.id", ondelete="CASCADE"))
+    cell_index: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(64))
+    p_detach: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    pack_key: Mapped[str] = mapped_column(String(64))  # sha256 of the study's TrainingConfig JSON
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # copied from the study
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # incremented at each claim
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # uuid4 hex, new at every claim
+    lease_expires_at: Mapped[datetime | None]
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)  # the current attempt's trial
+    result_json: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Worker(Base):
+    __tablename__ = "hd_workers"
+    __table_args__ = (_one_of("status", WorkerStatus),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # f"{hostname}-{pid}-{uuid4 hex[:6]}"
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    pack_size: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.RUNNING)

@@ -1,0 +1,41 @@
+"""The errors the core raises; the API layer maps them to HTTP statuses.
+
+    StudiesError
+    ├── SpecError    a study spec failed validation (nothing was written)
+    ├── NotFound     no study / job / worker with that id
+    ├── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
+    └── LeaseLost    a worker no longer holds the job it works on (its lease expired and was reaped)
+
+Late or duplicate reports on a job (`complete`, `fail`, `release`, `cancel_job`, `set_optuna_trial`)
+are routine under at-least-once delivery: the queue answers them with False rather than raising;
+LeaseLost is for callers (a worker loop) that turn such an answer into control flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class StudiesError(Exception):
+    """Base of every error the core raises on purpose."""
+
+
+class SpecError(StudiesError, ValueError):
+    """A study spec is invalid; `errors` holds pydantic's per-field details."""
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class NotFound(StudiesError, LookupError):
+    """No row with the given id."""
+
+
+class Conflict(StudiesError):
+    """The operation is not allowed in the object's current state."""
+
+
+class LeaseLost(StudiesError):
+    """The lease token no longer matches a running job: another attempt owns it now."""

@@ -1,0 +1,54 @@
+"""The job queue: studies become one job per grid cell; workers claim packs of them under leases.
+
+Every operation is a function of a `sessionmaker` that runs one short transaction; there is no
+global state. Submit and cancel in `submission`, claim in `claim`, the life of a lease in
+`leases`, the worker registry in `workers`, read-only views in `reads`.
+"""
+
+from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, ReapedJob
+from studies.queue.claim import claim
+from studies.queue.leases import cancel_job, complete, fail, heartbeat, reap, release, set_optuna_trial
+from studies.queue.reads import get_job, get_study, job_counts, list_jobs, list_studies, unfinished_jobs
+from studies.queue.retry import RetryDecision, RetryPolicy
+from studies.queue.submission import (
+    cancel_study,
+    default_optuna_study_name,
+    delete_study,
+    pack_key,
+    submit_study,
+    validate_spec,
+)
+from studies.queue.workers import list_workers, register_worker, set_worker_status, worker_stopped
+
+__all__ = [
+    "CancelResult",
+    "ClaimedJob",
+    "HeartbeatReply",
+    "ReapedJob",
+    "RetryDecision",
+    "RetryPolicy",
+    "cancel_job",
+    "cancel_study",
+    "claim",
+    "complete",
+    "default_optuna_study_name",
+    "delete_study",
+    "fail",
+    "get_job",
+    "get_study",
+    "heartbeat",
+    "job_counts",
+    "list_jobs",
+    "list_studies",
+    "list_workers",
+    "pack_key",
+    "reap",
+    "register_worker",
+    "release",
+    "set_optuna_trial",
+    "set_worker_status",
+    "submit_study",
+    "unfinished_jobs",
+    "validate_spec",
+    "worker_stopped",
+]

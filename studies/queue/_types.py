@@ -1,0 +1,51 @@
+"""What the queue operations hand back: small frozen values, never live ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from studies.db.models import JobState, StudyStatus
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """One job a worker now holds; report on it with `lease_token`."""
+
+    job_id: int
+    study_id: int
+    cell_index: int
+    variant: str
+    p_detach: float
+    lr: float
+    seed: int
+    lease_token: str
+    lease_expires_at: datetime
+    attempt: int  # 1 for the first claim
+    pack_key: str  # equal keys: one packed training run
+    spec_json: str
+    optuna_study_name: str
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    held: frozenset[int]  # leases extended
+    lost: frozenset[int]  # stop working on these: reaped, reclaimed or finished elsewhere
+    cancelled: frozenset[int]  # held, but their study was cancelled: stop and call cancel_job
+
+
+@dataclass(frozen=True)
+class ReapedJob:
+    job_id: int
+    study_id: int
+    worker_id: str | None
+    optuna_trial_id: int | None  # the abandoned attempt's trial: mark it FAIL
+    state: JobState  # QUEUED again, or FAILED / CANCELLED for good
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    study_id: int
+    status: StudyStatus  # CANCELLED at once unless jobs are still running
+    cancelled_jobs: int  # queued jobs cancelled now
+    running_jobs: int  # stopped by their workers at their next heartbeat

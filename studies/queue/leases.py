@@ -1,0 +1,217 @@
+"""A claimed job's life: heartbeats, its Optuna trial, and how the attempt ends.
+
+Every report is guarded by the lease token the claim handed out, so a report from an attempt
+that has since been reaped or reclaimed changes nothing: `complete` and friends return False.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from studies.db.engine import run_transaction
+from studies.db.models import Job, JobState, Study, Worker
+from studies.queue._common import resolve_now, settle_study
+from studies.queue._types import HeartbeatReply, ReapedJob
+from studies.queue.retry import RetryPolicy
+
+
+def _held(job_id: int, token: str) -> Any:
+    return (Job.id == job_id) & (Job.lease_token == token) & (Job.state == JobState.RUNNING)
+
+
+def _lock_held(session: Session, job_id: int, token: str) -> tuple[Job, bool] | None:
+    """The job and its study's cancel flag, if `token` still holds it."""
+    row = session.execute(
+        select(Job, Study.cancel_requested)
+        .join(Study, Study.id == Job.study_id)
+        .where(_held(job_id, token))
+        .with_for_update(of=Job)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _end_attempt(job: Job, state: JobState, now: datetime, error: str | None) -> None:
+    job.state = state
+    job.lease_token = None
+    job.lease_expires_at = None
+    if error is not None:
+        job.last_error = error
+    if state is JobState.QUEUED:
+        job.worker_id = None
+        job.optuna_trial_id = None  # the next attempt gets its own trial
+    else:
+        job.finished_at = now
+
+
+def heartbeat(
+    factory: sessionmaker[Session],
+    worker_id: str,
+    leases: Mapping[int, str],
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> HeartbeatReply:
+    """Extend the leases still held (job id -> token); say which are lost or belong to cancelled studies."""
+    now = resolve_now(now)
+
+    def work(session: Session) -> HeartbeatReply:
+        held: set[int] = set()
+        cancelled: set[int] = set()
+        if leases:
+            rows = session.execute(
+                select(Job.id, Job.lease_token, Job.state, Study.cancel_requested)
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.id.in_(list(leases)))
+                .with_for_update(of=Job)
+            ).all()
+            for job_id, token, state, cancel_requested in rows:
+                if state == JobState.RUNNING and token == leases[job_id]:
+                    held.add(job_id)
+                    if cancel_requested:
+                        cancelled.add(job_id)
+        if held:
+            expires = now + timedelta(seconds=lease_seconds)
+            session.execute(update(Job).where(Job.id.in_(held)).values(lease_expires_at=expires))
+        # the worker row last: reap() locks jobs before anything else too
+        session.execute(update(Worker).where(Worker.id == worker_id).values(last_heartbeat=now))
+        return HeartbeatReply(frozenset(held), frozenset(set(leases) - held), frozenset(cancelled))
+
+    return run_transaction(factory, work)
+
+
+def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
+    """Record the Optuna trial of the current attempt; False if the lease is no longer held."""
+
+    def work(session: Session) -> bool:
+        statement = update(Job).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(Job.id)
+        return session.scalars(statement).first() is not None
+
+    return run_transaction(factory, work)
+
+
+def complete(
+    factory: sessionmaker[Session],
+    job_id: int,
+    token: str,
+    result: Mapping[str, Any],
+    now: datetime | None = None,
+) -> bool:
+    """Record the outcome exactly once: False, changing nothing, for a late or repeated report."""
+    now = resolve_now(now)
+    result_json = json.dumps(result)
+
+    def work(session: Session) -> bool:
+        study_id = session.scalars(
+            update(Job)
+            .where(_held(job_id, token))
+            .values(
+                state=JobState.DONE,
+                result_json=result_json,
+                finished_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            .returning(Job.study_id)
+        ).first()
+        if study_id is None:
+            return False
+        settle_study(session, study_id, now)
+        return True
+
+    return run_transaction(factory, work)
+
+
+def release(
+    factory: sessionmaker[Session],
+    job_id: int,
+    token: str,
+    error: str | None = None,
+    count_attempt: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """Give a job back unfinished (e.g. the worker is stopping); the attempt is not counted unless asked.
+
+    A counted attempt goes through the retry policy, so it may end the job as failed.
+    """
+    now = resolve_now(now)
+
+    def work(session: Session) -> bool:
+        found = _lock_held(session, job_id, token)
+        if found is None:
+            return False
+        job, cancel_requested = found
+        if count_attempt:
+            state = RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested).state
+        else:
+            job.attempts -= 1
+            state = JobState.CANCELLED if cancel_requested else JobState.QUEUED
+        _end_attempt(job, state, now, error)
+        settle_study(session, job.study_id, now)
+        return True
+
+    return run_transaction(factory, work)
+
+
+def fail(
+    factory: sessionmaker[Session], job_id: int, token: str, error: str, now: datetime | None = None
+) -> bool:
+    """The attempt raised: queue the job again, or fail it for good after `max_attempts`."""
+    now = resolve_now(now)
+
+    def work(session: Session) -> bool:
+        found = _lock_held(session, job_id, token)
+        if found is None:
+            return False
+        job, cancel_requested = found
+        _end_attempt(
+            job, RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested).state, now, error
+        )
+        settle_study(session, job.study_id, now)
+        return True
+
+    return run_transaction(factory, work)
+
+
+def cancel_job(factory: sessionmaker[Session], job_id: int, token: str, now: datetime | None = None) -> bool:
+    """A running job stopped because its study was cancelled."""
+    now = resolve_now(now)
+
+    def work(session: Session) -> bool:
+        found = _lock_held(session, job_id, token)
+        if found is None:
+            return False
+        job, _ = found
+        _end_attempt(job, JobState.CANCELLED, now, None)
+        settle_study(session, job.study_id, now)
+        return True
+
+    return run_transaction(factory, work)
+
+
+def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[ReapedJob]:
+    """Running jobs whose lease has expired: back to the queue, or failed after `max_attempts`."""
+    now = resolve_now(now)
+
+    def work(session: Session) -> list[ReapedJob]:
+        rows = session.execute(
+            select(Job, Study.cancel_requested)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+            .order_by(Job.id)
+            .with_for_update(of=Job, skip_locked=True)
+        ).all()
+        reaped = []
+        for job, cancel_requested in rows:
+            decision = RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested)
+            reaped.append(ReapedJob(job.id, job.study_id, job.worker_id, job.optuna_trial_id, decision.state))
+            _end_attempt(job, decision.state, now, f"lease expired (worker {job.worker_id})")
+        for study_id in sorted({job.study_id for job in reaped}):
+            settle_study(session, study_id, now)
+        return reaped
+
+    return run_transaction(factory, work)

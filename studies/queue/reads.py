@@ -1,0 +1,66 @@
+"""Read-only views of studies and jobs (rows come back detached, safe to read after the session)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from studies.db.engine import session_scope
+from studies.db.models import Job, JobState, Study, StudyStatus
+from studies.exceptions import NotFound
+from studies.queue._common import state_counts
+
+
+def _require_study(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    return study
+
+
+def get_study(factory: sessionmaker[Session], study_id: int) -> Study:
+    with session_scope(factory, readonly=True) as session:
+        return _require_study(session, study_id)
+
+
+def job_counts(factory: sessionmaker[Session], study_id: int) -> dict[str, int]:
+    """Jobs per state, every state present (zeros included)."""
+    with session_scope(factory, readonly=True) as session:
+        _require_study(session, study_id)
+        return state_counts(session, study_id)
+
+
+def list_jobs(factory: sessionmaker[Session], study_id: int) -> Sequence[Job]:
+    with session_scope(factory, readonly=True) as session:
+        _require_study(session, study_id)
+        return session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.cell_index)).all()
+
+
+def get_job(factory: sessionmaker[Session], job_id: int) -> Job:
+    with session_scope(factory, readonly=True) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+
+def list_studies(
+    factory: sessionmaker[Session], status: StudyStatus | str | None = None, offset: int = 0, limit: int = 50
+) -> Sequence[Study]:
+    """Newest first."""
+    statement = select(Study).order_by(Study.id.desc()).offset(offset).limit(limit)
+    if status is not None:
+        statement = statement.where(Study.status == StudyStatus(status))
+    with session_scope(factory, readonly=True) as session:
+        return session.scalars(statement).all()
+
+
+def unfinished_jobs(factory: sessionmaker[Session]) -> int:
+    """Jobs of any study still queued or running (a running one may yet come back to the queue)."""
+    with session_scope(factory, readonly=True) as session:
+        statement = (
+            select(func.count()).select_from(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+        )
+        return int(session.scalar(statement) or 0)

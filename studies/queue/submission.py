@@ -1,0 +1,143 @@
+"""Studies in and out of the queue: submit (one job per grid cell), cancel, delete."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import uuid4
+
+from pydantic import ValidationError
+from sqlalchemy import delete, insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from studies.db.engine import run_transaction
+from studies.db.models import Job, JobState, Study, StudyStatus
+from studies.exceptions import Conflict, NotFound, SpecError
+from studies.queue._common import FINISHED_STUDY, lock_study, resolve_now, settle_study, state_counts
+from studies.queue._types import CancelResult
+from studies.spec import DEFAULT_LIMITS, SpecLimits, StudySpec
+
+OptunaNameFn = Callable[[int, str], str]
+
+
+def default_optuna_study_name(study_id: int, name: str) -> str:
+    return f"hdetach-{study_id}-{name}"
+
+
+def validate_spec(spec: StudySpec | Mapping[str, Any], limits: SpecLimits | None = None) -> StudySpec:
+    """Validate (again) against `limits`: what is stored is exactly what `StudySpec` loads back."""
+    data = spec.model_dump(mode="json", warnings=False) if isinstance(spec, StudySpec) else spec
+    try:
+        return StudySpec.model_validate(data, context={"limits": limits or DEFAULT_LIMITS})
+    except ValidationError as exc:
+        raise SpecError(f"invalid study spec: {exc}", exc.errors(include_url=False)) from exc
+
+
+def pack_key(spec: StudySpec) -> str:
+    """Jobs whose keys are equal share every training setting and can train as one pack."""
+    return hashlib.sha256(spec.training_config().model_dump_json().encode()).hexdigest()
+
+
+def submit_study(
+    factory: sessionmaker[Session],
+    spec: StudySpec | Mapping[str, Any],
+    max_attempts: int = 3,
+    optuna_study_name_fn: OptunaNameFn | None = None,
+    limits: SpecLimits | None = None,
+) -> int:
+    """Queue a study and one job per grid cell, all in one transaction; returns the study id.
+
+    The spec is validated before anything is written (with `limits`, the deployment's, or the
+    defaults), so a bad spec raises SpecError and leaves the database untouched.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    valid = validate_spec(spec, limits)
+    cells, key, spec_json = valid.cells(), pack_key(valid), valid.model_dump_json()
+    name_fn = optuna_study_name_fn or default_optuna_study_name
+    now = resolve_now(None)
+
+    def work(session: Session) -> int:
+        study = Study(
+            name=valid.name,
+            spec_json=spec_json,
+            status=StudyStatus.QUEUED,
+            priority=valid.priority,
+            cancel_requested=False,
+            optuna_study_name=f"pending-{uuid4().hex}",  # its real name needs the id
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(study)
+        session.flush()
+        study.optuna_study_name = name_fn(study.id, valid.name)
+        rows = [
+            {
+                "study_id": study.id,
+                "cell_index": cell.index,
+                "variant": cell.variant,
+                "p_detach": cell.p_detach,
+                "lr": cell.lr,
+                "seed": cell.seed,
+                "pack_key": key,
+                "priority": valid.priority,
+                "state": JobState.QUEUED,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "created_at": now,
+            }
+            for cell in cells
+        ]
+        session.execute(insert(Job), rows)
+        session.flush()
+        return study.id
+
+    try:
+        return run_transaction(factory, work)
+    except IntegrityError as exc:
+        raise Conflict(f"study {valid.name!r} clashes with an existing one: {exc.orig}") from exc
+
+
+def cancel_study(factory: sessionmaker[Session], study_id: int) -> CancelResult:
+    """Cancel the queued jobs now; running ones stop when their workers next heartbeat."""
+    now = resolve_now(None)
+
+    def work(session: Session) -> CancelResult:
+        study = session.get(Study, study_id)
+        if study is None:
+            raise NotFound(f"no study {study_id}")
+        if study.status in FINISHED_STUDY:
+            return CancelResult(study_id, StudyStatus(study.status), 0, 0)
+        # jobs first, then the study row: the order claim() takes its locks in
+        cancelled = session.scalars(
+            update(Job)
+            .where(Job.study_id == study_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELLED, finished_at=now)
+            .returning(Job.id)
+        ).all()
+        study = lock_study(session, study_id)
+        if study is None:
+            raise NotFound(f"no study {study_id}")
+        study.cancel_requested = True
+        study.updated_at = now
+        settle_study(session, study_id, now)
+        running = state_counts(session, study_id)[JobState.RUNNING]
+        return CancelResult(study_id, StudyStatus(study.status), len(cancelled), running)
+
+    return run_transaction(factory, work)
+
+
+def delete_study(factory: sessionmaker[Session], study_id: int) -> None:
+    """Delete a study and its jobs; refused (Conflict) while any of its jobs is running."""
+
+    def work(session: Session) -> None:
+        if lock_study(session, study_id) is None:
+            raise NotFound(f"no study {study_id}")
+        running = state_counts(session, study_id)[JobState.RUNNING]
+        if running:
+            raise Conflict(f"study {study_id} has {running} running jobs: cancel it and let them stop first")
+        session.execute(delete(Study).where(Study.id == study_id))  # jobs: ON DELETE CASCADE
+
+    run_transaction(factory, work)

@@ -1,0 +1,251 @@
+"""The study spec: a robustness grid of variants x learning rates x seeds on one task.
+
+A spec is validated against `SpecLimits` (grid size, T, steps, hidden size), which callers pass
+in through pydantic's validation context: ``StudySpec.model_validate(data, context={"limits": L})``.
+Every rejection names the field at fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from studies.training.config import TaskConfig, TrainingConfig, TrialParams
+
+
+class SpecLimits(BaseModel):
+    """Upper bounds a deployment puts on submitted studies."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_grid_size: int = 10_000
+    max_T: int = 2_000
+    max_steps: int = 1_000_000
+    max_hidden_size: int = 2_048
+
+
+DEFAULT_LIMITS = SpecLimits()
+
+
+def _limits(info: ValidationInfo) -> SpecLimits:
+    context = info.context or {}
+    limits = context.get("limits", DEFAULT_LIMITS)
+    return limits if isinstance(limits, SpecLimits) else SpecLimits(**limits)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Strict):
+    hidden_size: int = Field(128, ge=1, description="LSTM hidden size")
+    num_layers: int = Field(1, ge=1, le=4)
+
+    @field_validator("hidden_size")
+    @classmethod
+    def _hidden_within_limits(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_hidden_size
+        if value > limit:
+            raise ValueError(f"hidden_size {value} exceeds this deployment's limit of {limit}")
+        return value
+
+
+class VariantSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")
+    p_detach: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _vanilla_has_no_detach(self) -> VariantSpec:
+        if self.name == "vanilla" and self.p_detach != 0.0:
+            raise ValueError("variant 'vanilla' must have p_detach = 0")
+        return self
+
+
+class LearningRateRange(_Strict):
+    """`num` learning rates from `low` to `high`, log-spaced by default."""
+
+    low: float = Field(gt=0.0)
+    high: float = Field(gt=0.0)
+    num: int = Field(ge=1, le=1000)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LearningRateRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+    def values(self) -> list[float]:
+        if self.num == 1:
+            return [self.low]
+        grid = (
+            np.geomspace(self.low, self.high, self.num)
+            if self.log
+            else np.linspace(self.low, self.high, self.num)
+        )
+        return [float(f"{v:.6g}") for v in grid]
+
+
+class BudgetSpec(_Strict):
+    steps: int = Field(2000, ge=1, description="optimizer steps per trial")
+    eval_every: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=1, le=10_000)
+    eval_batch_size: int = Field(500, ge=1, le=100_000)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_within_limits(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_steps
+        if value > limit:
+            raise ValueError(f"steps {value} exceeds this deployment's limit of {limit}")
+        return value
+
+
+class SuccessSpec(_Strict):
+    metric: Literal["accuracy", "mse", "loss"] = "accuracy"
+    threshold: float = 0.99
+    stop_on_success: bool = False
+
+
+class TrainingOptions(_Strict):
+    """Optimisation settings; the defaults are the paper's (Adam, clipping at 1.0)."""
+
+    clip_norm: float | None = Field(1.0, gt=0.0, description="gradient-norm clipping; null for none")
+    p_off_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="switch p_detach off for this final fraction"
+    )
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0)
+
+
+class StudySpec(_Strict):
+    """A robustness study: every variant x learning rate x seed, trained on one task."""
+
+    name: str = Field(min_length=1, max_length=200)
+    task: TaskConfig
+    model: ModelSpec = ModelSpec()
+    variants: list[VariantSpec] = Field(min_length=1)
+    learning_rates: list[float] | LearningRateRange
+    seeds: list[int] = Field(min_length=1)
+    budget: BudgetSpec = BudgetSpec()
+    success: SuccessSpec = SuccessSpec()
+    training: TrainingOptions = TrainingOptions()
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    engine: Literal["queue", "ray"] = "queue"
+    baseline: str | None = Field(
+        None, description="variant the others are compared with (default: the first)"
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _task_within_limits(cls, task: TaskConfig, info: ValidationInfo) -> TaskConfig:
+        limit = _limits(info).max_T
+        if task.T is not None and limit < task.T:
+            raise ValueError(f"T {task.T} exceeds this deployment's limit of {limit}")
+        return task
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_rates(cls, value: list[float] | LearningRateRange) -> list[float] | LearningRateRange:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("at least one learning rate is needed")
+            bad = [v for v in value if not (v > 0 and math.isfinite(v))]
+            if bad:
+                raise ValueError(f"learning rates must be positive and finite, got {bad}")
+            if len(set(value)) != len(value):
+                raise ValueError("learning rates must be distinct")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if any(s < 0 for s in value):
+            raise ValueError("seeds must be non-negative")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, value: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_and_baseline(self, info: ValidationInfo) -> StudySpec:
+        limit = _limits(info).max_grid_size
+        if self.grid_size > limit:
+            raise ValueError(f"grid of {self.grid_size} trials exceeds this deployment's limit of {limit}")
+        if self.baseline is not None and self.baseline not in {v.name for v in self.variants}:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the variants")
+        if self.budget.eval_every > self.budget.steps:
+            raise ValueError("budget.eval_every must not exceed budget.steps")
+        return self
+
+    # -- the grid ---------------------------------------------------------------------------
+    def lr_values(self) -> list[float]:
+        lrs = self.learning_rates
+        return list(lrs) if isinstance(lrs, list) else lrs.values()
+
+    @property
+    def grid_size(self) -> int:
+        return len(self.variants) * len(self.lr_values()) * len(self.seeds)
+
+    def cells(self) -> list[GridCell]:
+        """One cell per (variant, lr, seed), in a stable order: the cell index is its position."""
+        product = itertools.product(self.variants, self.lr_values(), self.seeds)
+        return [
+            GridCell(index=i, variant=v.name, p_detach=v.p_detach, lr=lr, seed=seed)
+            for i, (v, lr, seed) in enumerate(product)
+        ]
+
+    def training_config(self) -> TrainingConfig:
+        """The settings every trial of this study shares (so any of its trials can share a pack)."""
+        return TrainingConfig(
+            task=self.task,
+            hidden_size=self.model.hidden_size,
+            num_layers=self.model.num_layers,
+            steps=self.budget.steps,
+            batch_size=self.budget.batch_size,
+            eval_every=self.budget.eval_every,
+            eval_batch_size=self.budget.eval_batch_size,
+            p_off_fraction=self.training.p_off_fraction,
+            stop_on_success=self.success.stop_on_success,
+            beta1=self.training.beta1,
+            beta2=self.training.beta2,
+            eps=self.training.eps,
+            success_metric=self.success.metric,
+            success_threshold=self.success.threshold,
+        )
+
+    @property
+    def baseline_variant(self) -> str:
+        return self.baseline or self.variants[0].name
+
+
+class GridCell(_Strict):
+    index: int
+    variant: str
+    p_detach: float
+    lr: float
+    seed: int
+
+    def trial_params(self, spec: StudySpec) -> TrialParams:
+        return TrialParams(
+            variant=self.variant,
+            p_detach=self.p_detach,
+            lr=self.lr,
+            seed=self.seed,
+            clip_norm=spec.training.clip_norm,
+        )
+
+    def key(self) -> dict[str, Any]:
+        return {"variant": self.variant, "p_detach": self.p_detach, "lr": self.lr, "seed": self.seed}
