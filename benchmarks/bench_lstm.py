@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--shapes", nargs="+", default=[s.name for s in SHAPES])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--max-gb", type=float, default=6.0, help="skip packs whose activations exceed this")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -134,6 +135,11 @@ def main() -> None:
             kind: single_model_step(shape, kind, device) for kind in ("nn.LSTM", "detach loop", "ours")
         }
         for K in args.packs:
+            # forward keeps gates, h, c, tanh(c); backward adds d_pre and dc/dh: about 14 floats per unit
+            gigabytes = 14 * K * shape.steps * shape.batch * shape.hidden * 4 / 1e9
+            if gigabytes > args.max_gb:
+                print(f"skipping {shape.name} K={K}: needs about {gigabytes:.0f} GB (--max-gb {args.max_gb})")
+                continue
             steps[f"ours packed K={K}"] = packed_step(shape, K, device)
         medians = time_round_robin(steps, args.repeats, device)
         for name, ms in medians.items():

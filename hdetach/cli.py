@@ -296,5 +296,30 @@ def worker(
     Worker(options).run()
 
 
+@app.command()
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default HDETACH_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default HDETACH_PORT)")] = None,
+) -> None:
+    """Serve the REST API with uvicorn."""
+    import uvicorn
+
+    from hdetach.settings import Settings
+    from service.app import create_app
+
+    try:
+        settings = _settings(database_url) if database_url else Settings()
+    except ValidationError as e:
+        fail(f"settings: {validation_message(e)}")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        access_log=True,
+    )
+
+
 def main() -> None:
     app()

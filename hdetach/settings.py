@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studies.spec import SpecLimits
+
+PLACEHOLDER_TOKEN = "change-me"
 
 
 class Settings(BaseSettings):
@@ -22,6 +26,23 @@ class Settings(BaseSettings):
     max_T: int = Field(2_000, ge=1)  # longest copying delay / adding length accepted
     max_steps: int = Field(1_000_000, ge=1)  # largest step budget per trial accepted
     max_hidden_size: int = Field(2_048, ge=1)  # largest LSTM accepted
+    environment: Literal["development", "production"] = "development"  # production refuses placeholder tokens
+    api_tokens: str = PLACEHOLDER_TOKEN  # comma-separated bearer tokens; every write needs one
+    read_requires_token: bool = False  # whether GET endpoints need a token too
+    host: str = "127.0.0.1"  # `hdetach serve` address
+    port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
+    report_dir: str = "reports"  # where `hdetach demo` writes HTML reports
+
+    @model_validator(mode="after")
+    def _no_placeholder_outside_development(self) -> Settings:
+        if self.environment != "development" and PLACEHOLDER_TOKEN in self.tokens():
+            raise ValueError(
+                "HDETACH_API_TOKENS still holds the placeholder token; set real tokens in production"
+            )
+        return self
+
+    def tokens(self) -> set[str]:
+        return {t.strip() for t in self.api_tokens.split(",") if t.strip()}
 
     def spec_limits(self) -> SpecLimits:
         return SpecLimits(

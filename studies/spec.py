@@ -1,8 +1,8 @@
 """The study spec: a robustness grid of variants x learning rates x seeds on one task.
 
-A spec is validated against `SpecLimits` (grid size, T, steps, hidden size), which callers pass
-in through pydantic's validation context: ``StudySpec.model_validate(data, context={"limits": L})``.
-Every rejection names the field at fault.
+A spec is validated against `SpecLimits` (grid size, T, steps, hidden size) when callers pass
+them in pydantic's validation context: ``StudySpec.model_validate(data, context={"limits": L})``;
+the queue always does. Every rejection names the field at fault.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ class SpecLimits(BaseModel):
 DEFAULT_LIMITS = SpecLimits()
 
 
-def _limits(info: ValidationInfo) -> SpecLimits:
-    context = info.context or {}
-    limits = context.get("limits", DEFAULT_LIMITS)
-    return limits if isinstance(limits, SpecLimits) else SpecLimits(**limits)
+def _limits(info: ValidationInfo) -> SpecLimits | None:
+    """The limits passed in the validation context; without them (plain parsing) none apply."""
+    limits = (info.context or {}).get("limits")
+    if limits is None or isinstance(limits, SpecLimits):
+        return limits
+    return SpecLimits(**limits)
 
 
 class _Strict(BaseModel):
@@ -48,8 +50,8 @@ class ModelSpec(_Strict):
     @field_validator("hidden_size")
     @classmethod
     def _hidden_within_limits(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_hidden_size
-        if value > limit:
+        limits = _limits(info)
+        if limits is not None and value > (limit := limits.max_hidden_size):
             raise ValueError(f"hidden_size {value} exceeds this deployment's limit of {limit}")
         return value
 
@@ -99,8 +101,8 @@ class BudgetSpec(_Strict):
     @field_validator("steps")
     @classmethod
     def _steps_within_limits(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_steps
-        if value > limit:
+        limits = _limits(info)
+        if limits is not None and value > (limit := limits.max_steps):
             raise ValueError(f"steps {value} exceeds this deployment's limit of {limit}")
         return value
 
@@ -144,8 +146,8 @@ class StudySpec(_Strict):
     @field_validator("task")
     @classmethod
     def _task_within_limits(cls, task: TaskConfig, info: ValidationInfo) -> TaskConfig:
-        limit = _limits(info).max_T
-        if task.T is not None and limit < task.T:
+        limits = _limits(info)
+        if limits is not None and task.T is not None and (limit := limits.max_T) < task.T:
             raise ValueError(f"T {task.T} exceeds this deployment's limit of {limit}")
         return task
 
@@ -181,8 +183,8 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _grid_and_baseline(self, info: ValidationInfo) -> StudySpec:
-        limit = _limits(info).max_grid_size
-        if self.grid_size > limit:
+        limits = _limits(info)
+        if limits is not None and self.grid_size > (limit := limits.max_grid_size):
             raise ValueError(f"grid of {self.grid_size} trials exceeds this deployment's limit of {limit}")
         if self.baseline is not None and self.baseline not in {v.name for v in self.variants}:
             raise ValueError(f"baseline {self.baseline!r} is not one of the variants")

@@ -72,6 +72,7 @@ class Worker:
         self.stop_requested = threading.Event()
         self.held = _Held()
         self.packs_done = 0
+        self.training_seconds = 0.0  # inside PackTrainer.run: the rest of the wall time is overhead
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -167,10 +168,12 @@ class Worker:
             trainer = PackTrainer(
                 spec.training_config(), [c.trial_params(spec) for c in cells], self.options.device
             )
+            started = time.perf_counter()
             records = trainer.run(
                 on_eval=lambda k, point: self._on_eval(trainer, jobs, trial_ids, k, point),
                 should_stop=lambda: self._should_stop(trainer, jobs),
             )
+            self.training_seconds += time.perf_counter() - started
         except Exception as error:
             message = "".join(traceback.format_exception_only(error)).strip()
             log.exception("pack failed")

@@ -156,6 +156,16 @@ class FusedHDetachLayer(torch.autograd.Function):
         return grad_x, grad_h0, dc_carry, grad_w_ih, grad_w_hh, grad_bias, None
 
 
+def model_chunk_size(K: int, device: torch.device) -> int:
+    """How many packed models one kernel call handles.
+
+    On a GPU, all K: the batched GEMMs fill the device. On a CPU, one: a single model's per-step
+    working set stays in cache, and packing K at once measured slower per model than one by one
+    (benchmarks/bench_lstm.py); the pack still saves the trainer's per-step work around the LSTM.
+    """
+    return K if device.type != "cpu" else 1
+
+
 def packed_lstm_layers(
     x: Tensor,  # (T, K, B, I)
     h0: Tensor,  # (L, K, B, H)
@@ -169,21 +179,30 @@ def packed_lstm_layers(
 
     Returns output (T, K, B, H) (a view of model-major storage), h_n and c_n (L, K, B, H).
     """
-    H = h0.shape[-1]
-    mask = None if blocked is None else StepMask(blocked, x.dtype, x.device)
-    out = x.transpose(0, 1).contiguous()  # (K, T, B, I), model-major for the layers
-    h_n, c_n = [], []
-    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
-        bias = None if b_ih is None or b_hh is None else to_internal_order(b_ih + b_hh, H)
-        out, h_last, c_last = FusedHDetachLayer.apply(
-            out,
-            h0[layer],
-            c0[layer],
-            to_internal_order(w_ih, H),
-            to_internal_order(w_hh, H),
-            bias,
-            mask,
-        )
-        h_n.append(h_last)
-        c_n.append(c_last)
-    return out.transpose(0, 1), torch.stack(h_n), torch.stack(c_n)
+    K, H = x.shape[1], h0.shape[-1]
+    chunk = model_chunk_size(K, x.device)
+    outs, h_ns, c_ns = [], [], []
+    for start in range(0, K, chunk):
+        models = slice(start, start + chunk)
+        mask = None if blocked is None else StepMask(blocked[:, models], x.dtype, x.device)
+        out = x[:, models].transpose(0, 1).contiguous()  # (k, T, B, I), model-major for the layers
+        h_n, c_n = [], []
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+            bias = None if b_ih is None or b_hh is None else to_internal_order(b_ih[models] + b_hh[models], H)
+            out, h_last, c_last = FusedHDetachLayer.apply(
+                out,
+                h0[layer, models],
+                c0[layer, models],
+                to_internal_order(w_ih[models], H),
+                to_internal_order(w_hh[models], H),
+                bias,
+                mask,
+            )
+            h_n.append(h_last)
+            c_n.append(c_last)
+        outs.append(out)
+        h_ns.append(torch.stack(h_n))
+        c_ns.append(torch.stack(c_n))
+    if len(outs) == 1:
+        return outs[0].transpose(0, 1), h_ns[0], c_ns[0]
+    return torch.cat(outs).transpose(0, 1), torch.cat(h_ns, dim=1), torch.cat(c_ns, dim=1)

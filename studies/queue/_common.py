@@ -38,6 +38,18 @@ def state_counts(session: Session, study_id: int) -> dict[str, int]:
     return counts
 
 
+def _may_be_last(session: Session, study_id: int) -> bool:
+    """False while the study still has queued jobs: whoever ends the last of them settles it.
+
+    This keeps the study row lock (below) off the hot path: only the jobs that end at the tail
+    of a study, when nothing is left queued, serialise on it.
+    """
+    queued = select(Job.id).where(Job.study_id == study_id, Job.state == JobState.QUEUED).limit(1)
+    return session.scalar(queued) is None or bool(
+        session.scalar(select(Study.cancel_requested).where(Study.id == study_id))
+    )
+
+
 def settle_study(session: Session, study_id: int, now: datetime) -> None:
     """Finish the study once none of its jobs is running or (unless cancelled) queued.
 
@@ -45,6 +57,8 @@ def settle_study(session: Session, study_id: int, now: datetime) -> None:
     Call it after changing a job's state, in the same transaction: the row lock makes two jobs
     ending at once agree on which of them was the last.
     """
+    if not _may_be_last(session, study_id):
+        return
     study = lock_study(session, study_id)
     if study is None or study.status in FINISHED_STUDY:
         return

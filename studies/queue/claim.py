@@ -1,8 +1,8 @@
 """Claiming work: up to `max_jobs` queued jobs that share one pack key, in one short transaction.
 
 Order: highest priority first; among equal priorities the study with the fewest running jobs
-(fair share between studies), then the oldest job. The head job fixes the pack key; the rest of
-the pack is filled in the same order. PostgreSQL: rows are taken with FOR UPDATE SKIP LOCKED, so
+(fair share between studies), then the oldest job. A pack comes from one study, whose jobs all
+share one pack key. PostgreSQL: rows are taken with FOR UPDATE SKIP LOCKED, so
 concurrent claimers pass each other by. SQLite: the transaction starts with BEGIN IMMEDIATE, so
 claims run one at a time (see studies.db.engine).
 """
@@ -10,9 +10,10 @@ claims run one at a time (see studies.db.engine).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_transaction
@@ -21,21 +22,33 @@ from studies.queue._common import resolve_now
 from studies.queue._types import ClaimedJob
 
 
-def _queued_in_claim_order() -> Select[Job]:
+def _studies_in_claim_order(session: Session) -> list[int]:
+    """Studies that may have queued jobs: highest priority first, then fewest running jobs, then oldest.
+
+    Ordering the few active studies (instead of every queued job) keeps a claim cheap however
+    long the queue is; each count uses the (study_id, state) index.
+    """
     running = (
-        select(Job.study_id, func.count().label("n"))
-        .where(Job.state == JobState.RUNNING)
-        .group_by(Job.study_id)
-        .subquery()
+        select(func.count())
+        .where(Job.study_id == Study.id, Job.state == JobState.RUNNING)
+        .correlate(Study)
+        .scalar_subquery()
     )
-    return (
-        select(Job)
-        .join(Study, Study.id == Job.study_id)
-        .outerjoin(running, running.c.study_id == Job.study_id)
-        .where(Job.state == JobState.QUEUED, Study.cancel_requested.is_(False))
-        .order_by(Job.priority.desc(), func.coalesce(running.c.n, 0), Job.id)
-        .with_for_update(of=Job, skip_locked=True)
+    statement = (
+        select(Study.id)
+        .where(Study.status.in_([StudyStatus.QUEUED, StudyStatus.RUNNING]), Study.cancel_requested.is_(False))
+        .order_by(Study.priority.desc(), running, Study.id)
     )
+    return list(session.scalars(statement))
+
+
+def _queued_jobs(study_id: int, limit: int, pack_key: str | None) -> Select[Any]:
+    """A study's oldest queued jobs (of one pack key, if given), locked; rows another claimer
+    holds are skipped (PostgreSQL)."""
+    statement = select(Job).where(Job.study_id == study_id, Job.state == JobState.QUEUED)
+    if pack_key is not None:
+        statement = statement.where(Job.pack_key == pack_key)
+    return statement.order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
 
 
 def claim(
@@ -45,21 +58,27 @@ def claim(
     lease_seconds: float,
     now: datetime | None = None,
 ) -> list[ClaimedJob]:
-    """Lease up to `max_jobs` jobs of one pack to `worker_id`; [] when nothing is queued."""
+    """Lease up to `max_jobs` jobs of one pack to `worker_id`; [] when nothing is queued.
+
+    The first study in claim order with a queued job fixes the pack key; the pack is filled from
+    that study, then from the next studies in the same order whose jobs share the key.
+    """
     if max_jobs < 1:
         raise ValueError("max_jobs must be at least 1")
     now = resolve_now(now)
     expires = now + timedelta(seconds=lease_seconds)
 
     def work(session: Session) -> list[ClaimedJob]:
-        queued = _queued_in_claim_order()
-        head = session.scalars(queued.limit(1)).first()
-        if head is None:
+        jobs: list[Job] = []
+        pack_key: str | None = None
+        for study_id in _studies_in_claim_order(session):
+            jobs.extend(session.scalars(_queued_jobs(study_id, max_jobs - len(jobs), pack_key)))
+            if jobs:
+                pack_key = jobs[0].pack_key
+            if len(jobs) == max_jobs:
+                break
+        if not jobs:
             return []
-        jobs = [head]
-        if max_jobs > 1:
-            same_pack = queued.where(Job.pack_key == head.pack_key, Job.id != head.id).limit(max_jobs - 1)
-            jobs.extend(session.scalars(same_pack))
         for job in jobs:
             job.state = JobState.RUNNING
             job.worker_id = worker_id
@@ -68,13 +87,11 @@ def claim(
             job.lease_expires_at = expires
             job.started_at = now
             job.optuna_trial_id = None
-        study_ids = {job.study_id for job in jobs}
-        session.execute(
-            update(Study)
-            .where(Study.id.in_(study_ids), Study.status == StudyStatus.QUEUED)
-            .values(status=StudyStatus.RUNNING, updated_at=now)
-        )
-        studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(study_ids)))}
+        studies = {job.study_id: session.get_one(Study, job.study_id) for job in jobs}
+        for study in studies.values():
+            if study.status == StudyStatus.QUEUED:
+                study.status = StudyStatus.RUNNING
+                study.updated_at = now
         return [_claimed(job, studies[job.study_id], expires) for job in jobs]
 
     return run_transaction(factory, work)

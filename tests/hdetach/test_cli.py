@@ -62,3 +62,56 @@ def test_missing_mnist_directory_is_a_clear_error(tmp_path: Path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0]
+
+
+SPEC = {
+    "name": "copy-T20-small",
+    "task": {"name": "copying", "T": 20},
+    "model": {"hidden_size": 32},
+    "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+    "learning_rates": [0.001, 0.01],
+    "seeds": [1, 2],
+    "budget": {"steps": 60, "eval_every": 20, "batch_size": 16},
+    "success": {"metric": "accuracy", "threshold": 0.99},
+}
+
+
+def test_submit_then_status(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC))
+    submitted = run("submit", str(spec_file), "--database-url", url)
+    assert submitted.returncode == 0, submitted.stderr
+    study_id = submitted.stdout.strip()
+    status = run("status", study_id, "--database-url", url, "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["name"] == "copy-T20-small" and info["status"] == "queued" and info["jobs"]["queued"] == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"learning_rates": [-0.1]}, "learning_rates"),
+        ({"variants": [{"name": "vanilla", "p_detach": 1.5}]}, "variants"),
+        ({"task": {"name": "sorting"}}, "task"),
+        ({"budget": {"steps": 0}}, "budget.steps"),
+        ({"seeds": []}, "seeds"),
+    ],
+)
+def test_bad_spec_is_rejected_naming_the_field_and_writes_nothing(tmp_path: Path, change, field):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**SPEC, **change}))
+    result = run("submit", str(spec_file), "--database-url", url)
+    assert result.returncode == 2
+    assert field in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+        if "hd_studies" in tables:
+            assert conn.execute(text("SELECT count(*) FROM hd_studies")).scalar() == 0
+            assert conn.execute(text("SELECT count(*) FROM hd_jobs")).scalar() == 0
+    engine.dispose()

@@ -1,0 +1,71 @@
+"""Share of a study's wall time spent outside training (queue, Optuna, evaluation set-up, start-up).
+
+A 40-trial copying study (2 variants x 4 learning rates x 5 seeds) is submitted to a fresh
+database and drained by one in-process worker; the worker times what it spends inside
+`PackTrainer.run`, and everything else counts as overhead.
+
+    python benchmarks/bench_overhead.py [--url sqlite:///...] [--pack 8] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from hdetach.settings import Settings
+from hdetach.studies_app import Backend
+from studies.spec import StudySpec
+from workers.worker import Worker, WorkerOptions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=None, help="default: a new SQLite file")
+    parser.add_argument("--pack", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
+    args = parser.parse_args()
+    url = args.url or f"sqlite:///{tempfile.mkdtemp()}/overhead.db"
+    spec = StudySpec.model_validate(
+        {
+            "name": "overhead",
+            "task": {"name": "copying", "T": 10, "n_val": 200, "n_test": 500},
+            "model": {"hidden_size": 32},
+            "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+            "learning_rates": [1e-3, 3e-3, 1e-2, 3e-2],
+            "seeds": [1, 2, 3, 4, 5],
+            "budget": {"steps": args.steps, "eval_every": max(1, args.steps // 5), "batch_size": 32},
+        }
+    )
+    started = time.perf_counter()
+    with Backend(Settings(database_url=url)) as backend:
+        backend.submit(spec)
+    worker = Worker(WorkerOptions(database_url=url, pack=args.pack, exit_when_idle=True, poll_seconds=0.1))
+    worker.run()
+    total = time.perf_counter() - started
+    share = 1 - worker.training_seconds / total
+    print(
+        f"40 trials x {args.steps} steps, pack {args.pack}, {url.split(':')[0]}: wall {total:.1f} s, "
+        f"training {worker.training_seconds:.1f} s, outside training {100 * share:.1f}%"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "backend": url.split(":")[0],
+                "pack": args.pack,
+                "steps": args.steps,
+                "wall_s": total,
+                "training_s": worker.training_seconds,
+                "outside_training_share": share,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

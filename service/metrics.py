@@ -1,0 +1,63 @@
+"""Prometheus metrics, read from the database at scrape time (so every API replica agrees)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from hdetach.studies_app import Backend
+from studies.db.engine import session_scope
+from studies.db.models import Job, JobState, Worker
+
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class QueueCollector(Collector):
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        with session_scope(self.backend.factory, readonly=True) as session:
+            counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            durations = [
+                json.loads(text).get("wall_time_s")
+                for text in session.scalars(select(Job.result_json).where(Job.state == JobState.DONE))
+                if text
+            ]
+            workers = session.execute(select(Worker.id, Worker.device, Worker.last_heartbeat)).all()
+        depth = GaugeMetricFamily("hdetach_jobs", "jobs by state", labels=["state"])
+        for state in JobState:
+            depth.add_metric([state.value], counts.get(state.value, 0))
+        yield depth
+        yield GaugeMetricFamily(
+            "hdetach_running_jobs", "jobs being trained now", value=counts.get("running", 0)
+        )
+        yield GaugeMetricFamily(
+            "hdetach_completed_trials", "grid cells with a recorded result", value=counts.get("done", 0)
+        )
+        values = sorted(float(d) for d in durations if isinstance(d, int | float))
+        buckets = [(str(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS] + [("+Inf", len(values))]
+        yield HistogramMetricFamily(
+            "hdetach_trial_duration_seconds",
+            "training wall time of recorded trials",
+            buckets=buckets,
+            sum_value=sum(values),
+        )
+        beats = GaugeMetricFamily(
+            "hdetach_worker_last_heartbeat_timestamp_seconds",
+            "last heartbeat of each worker",
+            labels=["worker", "device"],
+        )
+        for worker_id, device, last in workers:
+            beats.add_metric([worker_id, device], last.timestamp())
+        yield beats
+
+
+def make_registry(backend: Backend) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(backend))
+    return registry

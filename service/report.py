@@ -1,0 +1,279 @@
+"""A study's report: one self-contained HTML page of its robustness summary, plots and trials.
+
+Every string from the spec, the rows or the caller is escaped (study names are user input).
+Cells are built as text and escaped by `_table`; only `_Html` values pass through as markup.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable, Sequence
+
+from service.plots import PLOT_NAMES
+from studies.results import TrialRow
+from studies.robustness import Comparison, LRStats, RobustnessSummary, VariantSummary
+from studies.spec import StudySpec
+
+DASH = "–"  # an undefined value
+ERROR_PREVIEW = 80  # characters of a trial's error shown before "details"
+
+PLOT_CAPTIONS = {
+    "metric_vs_lr": "Final test metric per seed (dots), mean per learning rate with a 95% bootstrap band; "
+    "diverged runs as ×.",
+    "success_vs_lr": "Success rate per learning rate with its Wilson 95% interval; the dotted line is the "
+    "robust level.",
+    "learning_curves": "Validation metric during training, one panel per learning rate, one line per seed.",
+    "steps_to_threshold": "Steps each successful seed needed to reach the threshold, and their median.",
+}
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
+       color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; vertical-align: top; }
+th { background: #f4f4f4; } td.text, th.text { text-align: left; }
+tbody tr:nth-child(even) { background: #fafafa; } tr.trial td:last-child { text-align: left; }
+p.note { color: #555; max-width: 60em; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; } details pre { white-space: pre-wrap; max-width: 50em; }
+"""
+
+
+class _Html(str):
+    """Markup built here from escaped parts: `_table` passes it through unescaped."""
+
+
+def render_report(
+    study_id: int,
+    study_name: str,
+    status: str,
+    spec: StudySpec,
+    rows: Sequence[TrialRow],
+    summary: RobustnessSummary,
+    plot_url: Callable[[str, str], str],
+) -> str:
+    """The study's report as a complete HTML5 page (inline CSS, no scripts, no external assets)."""
+    sections = [
+        _header(study_id, study_name, status, spec, summary),
+        "<h2>Variants</h2>",
+        _variant_table(summary),
+        "<h2>Per learning rate</h2>",
+        *(_lr_table(variant) for variant in summary.variants),
+        "<h2>Comparison with the baseline</h2>",
+        _comparison_table(summary),
+        "<h2>Plots</h2>",
+        *(_plot(name, plot_url) for name in PLOT_NAMES),
+        "<h2>Trials</h2>",
+        _trials_table(rows),
+    ]
+    title = _e(f"{study_name} – study {study_id}")
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: float | None, fmt: str = ".4g") -> str:
+    return DASH if value is None else format(value, fmt)
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.0f}%"
+
+
+def _with_ci(value: str, low: str, high: str) -> str:
+    return value if value == DASH or low == DASH else f"{value} [{low}, {high}]"
+
+
+def _rate(rate: float | None, low: float | None, high: float | None) -> str:
+    return _with_ci(_pct(rate), _pct(low), _pct(high))
+
+
+def _lr(value: float | None) -> str:
+    return _num(value, ".3g")
+
+
+def _table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], text_columns: int = 1, row_class: str = ""
+) -> str:
+    """An HTML table, its first `text_columns` columns left-aligned; cells escaped unless _Html."""
+    head = "".join(f"<th{_align(i, text_columns)}>{_e(h)}</th>" for i, h in enumerate(headers))
+    tr = f'<tr class="{row_class}">' if row_class else "<tr>"
+    body = [
+        tr
+        + "".join(
+            f"<td{_align(i, text_columns)}>{cell if isinstance(cell, _Html) else _e(cell)}</td>"
+            for i, cell in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    ]
+    if not body:
+        body.append(f'<tr><td class=text colspan="{len(headers)}">none</td></tr>')
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+def _align(column: int, text_columns: int) -> str:
+    return " class=text" if column < text_columns else ""
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+
+def _header(study_id: int, name: str, status: str, spec: StudySpec, summary: RobustnessSummary) -> str:
+    task = spec.task.name if spec.task.T is None else f"{spec.task.name}, T={spec.task.T}"
+    relation = "≥" if summary.higher_is_better else "≤"
+    completeness = (
+        f"{summary.done} of {summary.cells_total} cells done, {summary.failed} failed, "
+        f"{summary.pending} pending"
+    )
+    if summary.cancelled:
+        completeness += f", {summary.cancelled} cancelled"
+    lrs = ", ".join(_lr(lr) for lr in spec.lr_values())
+    facts = {
+        "Status": status,
+        "Task": task,
+        "Completeness": completeness + ("" if summary.complete else " (partial: numbers may change)"),
+        "Success": f"test {summary.metric} {relation} {summary.threshold:g}",
+        "Variants": ", ".join(f"{v.name} (p_detach {v.p_detach:g})" for v in spec.variants),
+        "Baseline": summary.baseline,
+        "Learning rates": lrs,
+        "Seeds": ", ".join(str(s) for s in spec.seeds),
+        "Budget": f"{spec.budget.steps} steps, batch {spec.budget.batch_size}, "
+        f"hidden size {spec.model.hidden_size}",
+    }
+    items = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts.items())
+    note = (
+        "Robustness statistics treat diverged runs as failures: they count as runs in every success rate "
+        "but have no metric value, so they are excluded from the metric statistics (mean, median, std, "
+        "worst, best lr, expected best) and from the paired comparisons. Failed trials only appear in the "
+        f"counts. A learning rate is robust when its success rate is at least {summary.robust_level:g}. "
+        "Intervals are 95%: Wilson for success rates, bootstrap "
+        f"({summary.n_boot} resamples, seed {summary.seed}) for comparisons."
+    )
+    return (
+        f"<h1>{_e(name)}</h1>\n<p>Study {study_id}</p>\n<dl class=facts>\n{items}\n</dl>\n"
+        f"<p class=note>{_e(note)}</p>"
+    )
+
+
+def _variant_table(summary: RobustnessSummary) -> str:
+    headers = [
+        "variant", "p_detach", "runs", "diverged", "failed", "success rate [95% CI]", "best lr",
+        "mean at best lr", "worst seed at best lr", "robust lr range", "width (decades)", "success AUC",
+        "expected best, k=1", "expected best, k=max",
+    ]  # fmt: skip
+    return _table(headers, (_variant_row(v) for v in summary.variants))
+
+
+def _variant_row(v: VariantSummary) -> list[object]:
+    worst = v.worst_seed_at_best_lr
+    robust = DASH
+    if v.robust_lr_low is not None:
+        robust = f"{_lr(v.robust_lr_low)} – {_lr(v.robust_lr_high)}"
+        robust += "" if v.robust_contiguous else " (with gaps)"
+    expected = v.expected_max_k
+    k_max = f"{_num(expected[-1])} (k={len(expected)})" if expected else DASH
+    return [
+        v.name, _num(v.p_detach, "g"), v.runs, v.diverged, v.failed,
+        _rate(v.success_rate, v.success_ci_low, v.success_ci_high), _lr(v.best_lr), _num(v.best_mean),
+        f"{_num(worst.value)} (seed {worst.seed})" if worst else DASH, robust,
+        _num(v.robust_width_decades, ".2f"), _num(v.success_auc, ".2f"),
+        _num(expected[0]) if expected else DASH, k_max,
+    ]  # fmt: skip
+
+
+def _lr_table(variant: VariantSummary) -> str:
+    headers = [
+        "lr", "seeds run", "diverged", "failed", "mean", "median", "std", "worst",
+        "success rate [95% CI]", "median steps to threshold",
+    ]  # fmt: skip
+    return f"<h3>{_e(variant.name)}</h3>\n" + _table(headers, (_lr_row(s) for s in variant.lrs))
+
+
+def _lr_row(s: LRStats) -> list[object]:
+    return [
+        _lr(s.lr), s.seeds_run, s.diverged, s.failed, _num(s.mean), _num(s.median), _num(s.std),
+        _num(s.worst), _rate(s.success_rate, s.success_ci_low, s.success_ci_high),
+        _num(s.median_steps_to_threshold, ".0f"),
+    ]  # fmt: skip
+
+
+def _comparison_table(summary: RobustnessSummary) -> str:
+    if not summary.comparisons:
+        return "<p class=note>Only one variant: nothing to compare.</p>"
+    headers = [
+        "variant", "baseline", "pairs", "only variant diverged", "only baseline diverged",
+        "mean difference [95% CI]", "P(improvement) [95% CI]", "Wilcoxon p", "success-rate difference",
+    ]  # fmt: skip
+    note = (
+        "Paired on (lr, seed) over pairs where neither run diverged; positive differences favour the variant."
+    )
+    table = _table(headers, (_comparison_row(c) for c in summary.comparisons), text_columns=2)
+    return f"{table}\n<p class=note>{note}</p>"
+
+
+def _comparison_row(c: Comparison) -> list[object]:
+    difference = _with_ci(
+        _num(c.mean_difference, "+.4g"), _num(c.mean_difference_ci_low, "+.4g"),
+        _num(c.mean_difference_ci_high, "+.4g"),
+    )  # fmt: skip
+    return [
+        c.variant, c.baseline, c.n_pairs, c.only_variant_diverged, c.only_baseline_diverged, difference,
+        _with_ci(_num(c.prob_improvement, ".2f"), _num(c.prob_improvement_ci_low, ".2f"),
+                 _num(c.prob_improvement_ci_high, ".2f")),
+        _num(c.wilcoxon_p, ".2g"),
+        DASH if c.success_rate_difference is None else f"{100 * c.success_rate_difference:+.0f} pp",
+    ]  # fmt: skip
+
+
+def _plot(name: str, plot_url: Callable[[str, str], str]) -> str:
+    caption = PLOT_CAPTIONS.get(name, name)
+    svg, png = _e(plot_url(name, "svg")), _e(plot_url(name, "png"))
+    return (
+        f'<figure>\n<img src="{svg}" alt="{_e(name.replace("_", " "))} plot">\n'
+        f'<figcaption>{_e(caption)} <a href="{png}">PNG</a></figcaption>\n</figure>'
+    )
+
+
+def _trials_table(rows: Sequence[TrialRow]) -> str:
+    headers = [
+        "cell", "variant", "p_detach", "lr", "seed", "state", "attempts", "metric", "steps to threshold",
+        "diverged", "error",
+    ]  # fmt: skip
+    return _table(
+        headers,
+        (_trial_row(r) for r in sorted(rows, key=lambda r: r.cell)),
+        text_columns=2,
+        row_class="trial",
+    )
+
+
+def _trial_row(r: TrialRow) -> list[object]:
+    return [
+        r.cell, r.variant, _num(r.p_detach, "g"), _lr(r.lr), r.seed, r.state, r.attempts, _num(r.metric),
+        DASH if r.steps_to_threshold is None else r.steps_to_threshold,
+        "yes" if r.diverged else "", _error(r.error),
+    ]  # fmt: skip
+
+
+def _error(error: str | None) -> object:
+    if not error:
+        return ""
+    first_line = error.strip().splitlines()[0] if error.strip() else error
+    if len(error) <= ERROR_PREVIEW and "\n" not in error.strip():
+        return error
+    preview = first_line[:ERROR_PREVIEW] + ("…" if len(first_line) > ERROR_PREVIEW else "")
+    return _Html(f"<details><summary>{_e(preview)}</summary><pre>{_e(error)}</pre></details>")

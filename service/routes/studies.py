@@ -1,0 +1,211 @@
+"""Submit, list, follow, cancel and delete studies; read their cells, curves and summaries."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from service.deps import MAX_ID, BackendDep, CellIndex, ReadAccess, StudyId, WriteAccess
+from service.schemas import Curve, Links, Problem, StudyCreated, StudyOut, StudyPage
+from studies import queue
+from studies.db.models import Study, StudyStatus
+from studies.results import CurvePoint, TrialRow, curve_points, job_result, study_summary, trial_row
+from studies.robustness import RobustnessSummary
+from studies.spec import StudySpec
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such study"}}
+AUTH: Responses = {
+    401: {"model": Problem, "description": "no bearer token"},
+    403: {"model": Problem, "description": "bad token"},
+}
+FINISHED = ("done", "failed", "cancelled")
+
+EXAMPLE_SPEC = {
+    "name": "copy-T20-small",
+    "task": {"name": "copying", "T": 20},
+    "model": {"hidden_size": 32},
+    "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+    "learning_rates": [0.001, 0.01],
+    "seeds": [1, 2],
+    "budget": {"steps": 60, "eval_every": 20, "batch_size": 16},
+    "success": {"metric": "accuracy", "threshold": 0.99},
+}
+
+
+def links(study_id: int) -> Links:
+    base = f"/studies/{study_id}"
+    return Links(
+        self=base,
+        trials=f"{base}/trials",
+        summary=f"{base}/summary",
+        report=f"{base}/report",
+        cancel=f"{base}/cancel",
+    )
+
+
+def study_out(backend: BackendDep, study: Study) -> StudyOut:
+    counts = queue.job_counts(backend.factory, study.id)
+    total = sum(counts.values())
+    return StudyOut(
+        id=study.id,
+        name=study.name,
+        status=study.status,
+        priority=study.priority,
+        cancel_requested=study.cancel_requested,
+        optuna_study_name=study.optuna_study_name,
+        created_at=study.created_at,
+        finished_at=study.finished_at,
+        jobs=counts,
+        progress=sum(counts[s] for s in FINISHED) / total if total else 1.0,
+        spec=json.loads(study.spec_json),
+        links=links(study.id),
+    )
+
+
+def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
+    study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
+    return study, StudySpec.model_validate_json(study.spec_json)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyCreated,
+    dependencies=[WriteAccess],
+    responses={**AUTH, 422: {"description": "the spec is invalid; `detail` names the field"}},
+)
+def create_study(
+    backend: BackendDep, spec: Annotated[StudySpec, Body(openapi_examples={"small": {"value": EXAMPLE_SPEC}})]
+) -> StudyCreated:
+    """Queue a study: one job per (variant, learning rate, seed). Nothing is written unless all is."""
+    try:  # the deployment's limits apply on top of the schema
+        spec = StudySpec.model_validate(spec.model_dump(), context={"limits": backend.settings.spec_limits()})
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", *e["loc"])}
+                for e in error.errors(include_url=False, include_context=False)
+            ]
+        ) from error
+    study_id = backend.submit(spec)
+    study = queue.get_study(backend.factory, study_id)
+    return StudyCreated(
+        id=study_id,
+        name=study.name,
+        optuna_study_name=study.optuna_study_name,
+        cells=spec.grid_size,
+        links=links(study_id),
+    )
+
+
+@router.get("", response_model=StudyPage, dependencies=[ReadAccess], responses=AUTH)
+def list_studies(
+    backend: BackendDep,
+    status_filter: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> StudyPage:
+    """Newest first."""
+    studies = queue.list_studies(backend.factory, status_filter, offset, limit)
+    return StudyPage(items=[study_out(backend, s) for s in studies], offset=offset, limit=limit)
+
+
+@router.get(
+    "/{study_id}", response_model=StudyOut, dependencies=[ReadAccess], responses={**NOT_FOUND, **AUTH}
+)
+def get_study(backend: BackendDep, study_id: StudyId) -> StudyOut:
+    return study_out(backend, queue.get_study(backend.factory, study_id))
+
+
+@router.post(
+    "/{study_id}/cancel", response_model=StudyOut, dependencies=[WriteAccess], responses={**NOT_FOUND, **AUTH}
+)
+def cancel_study(backend: BackendDep, study_id: StudyId) -> StudyOut:
+    """Cancel queued cells now; running ones stop at their next evaluation."""
+    queue.cancel_study(backend.factory, study_id)
+    return study_out(backend, queue.get_study(backend.factory, study_id))
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    responses={**NOT_FOUND, **AUTH, 409: {"model": Problem, "description": "jobs are running; cancel first"}},
+)
+def delete_study(backend: BackendDep, study_id: StudyId) -> Response:
+    queue.delete_study(backend.factory, study_id)  # Conflict -> 409 (see app)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{study_id}/trials",
+    response_model=list[TrialRow],
+    dependencies=[ReadAccess],
+    responses={**NOT_FOUND, **AUTH},
+)
+def list_trials(backend: BackendDep, study_id: StudyId) -> list[TrialRow]:
+    """One row per grid cell, in cell order."""
+    _, spec = load(backend, study_id)
+    return [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study_id)]
+
+
+@router.get(
+    "/{study_id}/trials/{cell}/curve",
+    response_model=Curve,
+    dependencies=[ReadAccess],
+    responses={404: {"model": Problem, "description": "no such study or cell"}, **AUTH},
+)
+def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curve:
+    """The cell's learning curve: recorded at the end, or the points reported so far while it trains."""
+    _, spec = load(backend, study_id)
+    jobs = {j.cell_index: j for j in queue.list_jobs(backend.factory, study_id)}
+    if cell not in jobs:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"study {study_id} has no cell {cell}")
+    job = jobs[cell]
+    points = curve_points(job_result(job))
+    partial = not points and job.optuna_trial_id is not None
+    if partial:
+        trial = backend.storage.get_trial(job.optuna_trial_id)  # type: ignore[arg-type]
+        name = f"val_{spec.success.metric}"
+        points = [
+            CurvePoint(step=step, values={name: value})
+            for step, value in sorted(trial.intermediate_values.items())
+        ]
+    return Curve(
+        cell=cell,
+        variant=job.variant,
+        lr=job.lr,
+        seed=job.seed,
+        state=job.state,
+        partial=partial,
+        points=points,
+    )
+
+
+@router.get(
+    "/{study_id}/summary",
+    response_model=RobustnessSummary,
+    dependencies=[ReadAccess],
+    responses={**NOT_FOUND, **AUTH},
+)
+def summary(
+    backend: BackendDep,
+    study_id: StudyId,
+    robust_level: Annotated[float, Query(gt=0.0, le=1.0, description="success rate a robust lr needs")] = 0.8,
+    n_boot: Annotated[int, Query(ge=100, le=20_000, description="bootstrap resamples")] = 2000,
+    seed: Annotated[int, Query(ge=0, description="bootstrap seed")] = 0,
+) -> RobustnessSummary:
+    """How robust each variant is to learning rate and seed, and how it compares with the baseline.
+
+    Computed from the cells as they stand; `complete` and the counts say how complete the study is.
+    """
+    _, spec = load(backend, study_id)
+    rows = [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study_id)]
+    return study_summary(spec, rows, robust_level=robust_level, n_boot=n_boot, seed=seed)

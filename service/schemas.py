@@ -1,0 +1,87 @@
+"""Response models of the REST API (the request model is `studies.spec.StudySpec`)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Curve",
+    "CurvePoint",
+    "Links",
+    "Problem",
+    "StudyCreated",
+    "StudyOut",
+    "StudyPage",
+    "TrialRow",
+    "WorkerOut",
+]
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from studies.results import CurvePoint, TrialRow
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    summary: str
+    report: str
+    cancel: str
+
+
+class StudyCreated(BaseModel):
+    id: int = Field(description="study id")
+    name: str
+    optuna_study_name: str = Field(description="the study's name in optuna-dashboard")
+    cells: int = Field(description="grid cells (= jobs)")
+    links: Links
+
+
+class StudyOut(BaseModel):
+    id: int
+    name: str
+    status: str = Field(description="queued, running, done, cancelled or failed")
+    priority: int
+    cancel_requested: bool
+    optuna_study_name: str
+    created_at: datetime
+    finished_at: datetime | None
+    jobs: dict[str, int] = Field(description="jobs by state")
+    progress: float = Field(description="fraction of cells finished (done, failed or cancelled)")
+    spec: dict[str, Any] = Field(description="the submitted study spec")
+    links: Links
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    offset: int
+    limit: int
+
+
+class Curve(BaseModel):
+    cell: int
+    variant: str
+    lr: float
+    seed: int
+    state: str
+    partial: bool = Field(description="true while the cell is still training (points so far)")
+    points: list[CurvePoint]
+
+
+class WorkerOut(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    device: str
+    pack_size: int
+    status: str
+    started_at: datetime
+    last_heartbeat: datetime
+    current_jobs: list[int] = Field(description="ids of the jobs it holds")
+
+
+class Problem(BaseModel):
+    """An error response."""
+
+    detail: str

@@ -1,0 +1,106 @@
+"""A study's results read back from its jobs: one row per grid cell, learning curves, summary input."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from studies.db.models import Job
+from studies.robustness import RobustnessSummary, TrialOutcome, summarize
+from studies.spec import StudySpec
+
+
+class TrialRow(BaseModel):
+    """One grid cell: its parameters, state and outcome."""
+
+    cell: int
+    variant: str
+    p_detach: float
+    lr: float
+    seed: int
+    state: str = Field(description="queued, running, done, failed or cancelled")
+    attempts: int
+    metric: float | None = Field(None, description="final test value of the study's success metric")
+    final: dict[str, float] = Field(default_factory=dict, description="final test metrics")
+    steps_to_threshold: int | None = None
+    diverged: bool = False
+    diverged_at: int | None = None
+    error: str | None = None
+    device: str | None = None
+    wall_time_s: float | None = None
+
+
+class CurvePoint(BaseModel):
+    step: int
+    values: dict[str, float] = Field(description="train_loss and val_* metrics at this step")
+
+
+def job_result(job: Job) -> dict[str, Any]:
+    return json.loads(job.result_json) if job.result_json else {}
+
+
+def _finite(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def trial_row(job: Job, metric: str) -> TrialRow:
+    result = job_result(job)
+    final = _finite(result.get("final", {}))
+    return TrialRow(
+        cell=job.cell_index,
+        variant=job.variant,
+        p_detach=job.p_detach,
+        lr=job.lr,
+        seed=job.seed,
+        state=job.state,
+        attempts=job.attempts,
+        metric=final.get(metric),
+        final=final,
+        steps_to_threshold=result.get("steps_to_threshold"),
+        diverged=result.get("status") == "diverged",
+        diverged_at=result.get("diverged_at"),
+        error=job.last_error,
+        device=result.get("device"),
+        wall_time_s=result.get("wall_time_s"),
+    )
+
+
+def curve_points(result: dict[str, Any]) -> list[CurvePoint]:
+    """The learning curve a finished job recorded (evaluation points, in order)."""
+    return [
+        CurvePoint(step=int(p["step"]), values=_finite({k: v for k, v in p.items() if k != "step"}))
+        for p in result.get("curve", [])
+    ]
+
+
+def study_summary(
+    spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8, n_boot: int = 2000, seed: int = 0
+) -> RobustnessSummary:
+    """The robustness summary of a study's cells as they stand (complete or partial)."""
+    outcomes = [
+        TrialOutcome(
+            variant=r.variant,
+            p_detach=r.p_detach,
+            lr=r.lr,
+            seed=r.seed,
+            state=r.state,
+            metric=r.metric,
+            diverged=r.diverged,
+            steps_to_threshold=r.steps_to_threshold,
+        )
+        for r in rows
+    ]
+    return summarize(
+        outcomes,
+        metric=spec.success.metric,
+        threshold=spec.success.threshold,
+        higher_is_better=spec.success.metric == "accuracy",
+        baseline=spec.baseline_variant,
+        robust_level=robust_level,
+        n_boot=n_boot,
+        seed=seed,
+    )

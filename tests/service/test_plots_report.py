@@ -1,0 +1,217 @@
+"""The study plots (SVG and PNG) and the HTML report, on small synthetic studies."""
+
+from __future__ import annotations
+
+import html
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from functools import cache
+from io import BytesIO
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from service.plots import PLOT_NAMES, PlotFormat, render_plot
+from service.report import render_report
+from studies.results import CurvePoint, TrialRow, study_summary
+from studies.robustness import RobustnessSummary
+from studies.spec import StudySpec
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL_NAME = "<script>alert(1)</script>"
+
+Study = tuple[StudySpec, list[TrialRow], Mapping[int, Sequence[CurvePoint]], RobustnessSummary]
+
+
+def make_spec(lrs: Sequence[float] = (1e-3, 1e-2, 1e-1), seeds: Sequence[int] = (0, 1, 2)) -> StudySpec:
+    return StudySpec.model_validate(
+        {
+            "name": "robustness-test",
+            "task": {"name": "copying", "T": 20},
+            "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+            "learning_rates": list(lrs),
+            "seeds": list(seeds),
+            "budget": {"steps": 400, "eval_every": 100},
+            "success": {"metric": "accuracy", "threshold": 0.9},
+        }
+    )
+
+
+def make_rows(spec: StudySpec, shift: float = 0.0, done: int | None = None) -> list[TrialRow]:
+    """A finished grid (the first `done` cells if given, the rest queued): h-detach does better,
+    the largest lr diverges for vanilla."""
+    rows = []
+    lrs = spec.lr_values()
+    for cell in spec.cells():
+        finished = done is None or cell.index < done
+        diverged = cell.variant == "vanilla" and cell.lr == max(lrs) and len(lrs) > 1
+        quality = 0.8 + 0.05 * lrs.index(cell.lr) + (0.1 if cell.variant == "h-detach" else 0.0)
+        metric = min(1.0, quality + 0.01 * cell.seed + shift)
+        rows.append(
+            TrialRow(
+                cell=cell.index,
+                variant=cell.variant,
+                p_detach=cell.p_detach,
+                lr=cell.lr,
+                seed=cell.seed,
+                state="done" if finished else "queued",
+                attempts=1 if finished else 0,
+                metric=None if (diverged or not finished) else metric,
+                steps_to_threshold=100 + 50 * cell.seed
+                if finished and not diverged and metric >= 0.9
+                else None,
+                diverged=finished and diverged,
+            )
+        )
+    return rows
+
+
+def make_curves(rows: Sequence[TrialRow]) -> dict[int, list[CurvePoint]]:
+    """Learning curves rising towards each finished row's metric."""
+    return {
+        r.cell: [
+            CurvePoint(step=step, values={"train_loss": 1.0 / step, "val_accuracy": r.metric * step / 400})
+            for step in (100, 200, 300, 400)
+        ]
+        for r in rows
+        if r.metric is not None
+    }
+
+
+def study(shift: float = 0.0, done: int | None = None, **spec_kw) -> Study:
+    spec = make_spec(**spec_kw)
+    rows = make_rows(spec, shift=shift, done=done)
+    return spec, rows, make_curves(rows), study_summary(spec, rows, n_boot=200)
+
+
+CASES: dict[str, dict] = {
+    "complete": {},
+    "partial": {"done": 7},  # most cells queued, no curves for them
+    "nothing-done": {"done": 0},
+    "single-lr-and-seed": {"lrs": (1e-2,), "seeds": (3,)},
+    "lower-metrics": {"shift": -0.2},
+}
+
+
+@cache
+def rendered(case: str, name: str, fmt: PlotFormat) -> bytes:
+    """A plot of one of CASES, rendered once for the whole module (rendering is the slow part)."""
+    return render_plot(name, fmt, *study(**CASES[case]))
+
+
+def assert_svg(data: bytes) -> None:
+    assert ET.fromstring(data).tag.endswith("svg")
+
+
+def assert_png(data: bytes) -> None:
+    assert data.startswith(PNG_SIGNATURE)
+    image = imread(BytesIO(data))
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["complete", "partial", "nothing-done", "single-lr-and-seed"])
+@pytest.mark.parametrize("name", PLOT_NAMES)
+def test_every_plot_renders_valid_svg(case, name):
+    assert_svg(rendered(case, name, "svg"))
+
+
+@pytest.mark.parametrize(
+    ("case", "name"),
+    [("partial", name) for name in PLOT_NAMES]
+    + [("nothing-done", "steps_to_threshold")],  # a figure of text only
+)
+def test_plots_render_pngs_of_useful_size(case, name):
+    assert_png(rendered(case, name, "png"))
+
+
+def test_unknown_plot_or_format_is_refused():
+    spec, rows, curves, summary = study()
+    with pytest.raises(ValueError, match="unknown plot"):
+        render_plot("histogram", "svg", spec, rows, curves, summary)
+    with pytest.raises(ValueError, match="unknown format"):
+        render_plot("metric_vs_lr", "pdf", spec, rows, curves, summary)  # type: ignore[arg-type]
+
+
+def test_plots_of_a_study_with_nothing_done_carry_a_note():
+    assert "no finished trials yet (18 pending)" in rendered("nothing-done", "metric_vs_lr", "svg").decode()
+    assert "no learning curves recorded yet" in rendered("nothing-done", "learning_curves", "svg").decode()
+
+
+def test_svg_output_is_reproducible_and_follows_the_data():
+    first = rendered("complete", "metric_vs_lr", "svg")
+    assert render_plot("metric_vs_lr", "svg", *study()) == first
+    assert rendered("lower-metrics", "metric_vs_lr", "svg") != first
+
+
+def test_diverged_runs_get_a_legend_entry_only_when_some_diverged():
+    # svg text is drawn as glyph paths, each string kept in a comment next to them
+    assert "diverged" in rendered("complete", "metric_vs_lr", "svg").decode()
+    assert "diverged" not in rendered("single-lr-and-seed", "metric_vs_lr", "svg").decode()
+
+
+def test_steps_plot_says_so_when_no_trial_reached_the_threshold():
+    spec, rows, curves, _ = study()
+    failing = [r.model_copy(update={"metric": 0.5, "steps_to_threshold": None}) for r in rows]
+    svg = render_plot("steps_to_threshold", "svg", spec, failing, curves, study_summary(spec, failing))
+    assert_svg(svg)
+    assert "no trial reached the threshold" in svg.decode()
+    assert "no trial reached the threshold" not in rendered("complete", "steps_to_threshold", "svg").decode()
+
+
+def test_learning_curves_caps_the_number_of_panels():
+    spec, rows, curves, summary = study(lrs=tuple(np.geomspace(1e-4, 1e-1, 15)), seeds=(0,))
+    svg = render_plot("learning_curves", "svg", spec, rows, curves, summary).decode()
+    assert "12 of 15 learning rates" in svg
+    assert len(re.findall(r"lr = ", svg)) == 12
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def plot_url(name: str, fmt: str) -> str:
+    return f"/studies/7/plots/{name}.{fmt}"
+
+
+def report(name: str = EVIL_NAME, **study_kw) -> str:
+    spec, rows, _, summary = study(**study_kw)
+    return render_report(7, name, "running", spec, rows, summary, plot_url)
+
+
+def test_report_escapes_the_study_name():
+    page = report()
+    assert EVIL_NAME not in page
+    assert html.escape(EVIL_NAME) in page
+    assert "<script" not in page.lower()
+
+
+def test_report_is_one_html_page_with_every_variant_and_plot():
+    page = report()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for variant in ("vanilla", "h-detach"):
+        assert variant in page
+    for name in PLOT_NAMES:
+        assert f'src="{plot_url(name, "svg")}"' in page
+        assert f'href="{plot_url(name, "png")}"' in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert "treat diverged runs as failures" in page
+
+
+def test_report_lists_one_row_per_trial_and_the_completeness():
+    spec, rows, _, summary = study(done=7)
+    page = render_report(7, "partial", "running", spec, rows, summary, plot_url)
+    assert page.count('<tr class="trial">') == len(rows) == 18
+    assert "7 of 18 cells done, 0 failed, 11 pending" in page
+
+
+def test_report_escapes_trial_errors_and_shows_missing_numbers_as_dashes():
+    spec, rows, _, summary = study(done=0)
+    rows[0] = rows[0].model_copy(update={"state": "failed", "error": "boom <b>&</b>"})
+    summary = study_summary(spec, rows)
+    page = render_report(7, "x", "running", spec, rows, summary, plot_url)
+    assert "boom &lt;b&gt;&amp;&lt;/b&gt;" in page and "<b>&</b>" not in page
+    assert "–" in page
