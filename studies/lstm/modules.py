@@ -20,6 +20,15 @@ def sample_detach_mask(steps: int, p_detach: Tensor, generator: torch.Generator 
     return u < p_detach.view(1, -1)
 
 
+def layer_params(module: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer, nn.LSTM names; biases None without bias."""
+    s = f"_l{layer}"
+    w_ih, w_hh = getattr(module, "weight_ih" + s), getattr(module, "weight_hh" + s)
+    if not module.bias:
+        return w_ih, w_hh, None, None
+    return w_ih, w_hh, getattr(module, "bias_ih" + s), getattr(module, "bias_hh" + s)
+
+
 class HDetachLSTM(nn.LSTM):
     """``nn.LSTM`` trained with h-detach (Arpit et al., ICLR 2019).
 
@@ -77,7 +86,7 @@ class HDetachLSTM(nn.LSTM):
             h0, c0 = (s.reshape(L, 1, B, H) for s in hx)  # unbatched (L, H) has B = 1
         blocked = self._step_mask(T, x.device, detach_mask)
         layers = [
-            tuple(p.unsqueeze(0) if p is not None else None for p in self._layer_params(layer))
+            tuple(p.unsqueeze(0) if p is not None else None for p in layer_params(self, layer))
             for layer in range(L)
         ]
         out, h_n, c_n = packed_lstm_layers(x.unsqueeze(1), h0, c0, layers, blocked)  # type: ignore[arg-type]
@@ -86,13 +95,6 @@ class HDetachLSTM(nn.LSTM):
         if unbatched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
-
-    def _layer_params(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        s = f"_l{layer}"
-        w_ih, w_hh = getattr(self, "weight_ih" + s), getattr(self, "weight_hh" + s)
-        if not self.bias:
-            return w_ih, w_hh, None, None
-        return w_ih, w_hh, getattr(self, "bias_ih" + s), getattr(self, "bias_hh" + s)
 
     def _step_mask(self, steps: int, device: torch.device, detach_mask: Tensor | None) -> Tensor | None:
         if detach_mask is not None:
@@ -209,13 +211,6 @@ class PackedHDetachLSTM(nn.Module):
         else:
             blocked = None
         self.last_detach_mask = blocked
-        layers = [self._layer_params(layer) for layer in range(L)]
+        layers = [layer_params(self, layer) for layer in range(L)]
         out, h_n, c_n = packed_lstm_layers(x, h0, c0, layers, blocked)
         return (out.permute(1, 2, 0, 3) if self.batch_first else out), (h_n, c_n)
-
-    def _layer_params(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        s = f"_l{layer}"
-        w_ih, w_hh = getattr(self, "weight_ih" + s), getattr(self, "weight_hh" + s)
-        if not self.bias:
-            return w_ih, w_hh, None, None
-        return w_ih, w_hh, getattr(self, "bias_ih" + s), getattr(self, "bias_hh" + s)
