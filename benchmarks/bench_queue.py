@@ -1,7 +1,8 @@
 """Queue throughput: claim + complete per second with concurrent claimer processes.
 
-A study of N jobs is submitted, then P processes each loop `claim(1 job) -> complete` until the
-queue is empty; every job must end done exactly once. Default: PostgreSQL, 8 claimers.
+A study of N jobs is submitted, then P processes each loop `claim(pack jobs) -> complete each`
+until the queue is empty; every job must end done exactly once. Default: PostgreSQL, 8
+claimers, one job per claim.
 
     python benchmarks/bench_queue.py [--url postgresql://...] [--claimers 8] [--jobs 4000]
 """
@@ -20,13 +21,13 @@ from studies.db.engine import make_engine, session_factory, upgrade
 from studies.spec import StudySpec
 
 
-def claimer(url: str, start: mp.Event, counts: mp.Queue) -> None:  # type: ignore[type-arg]
+def claimer(url: str, pack: int, start: mp.Event, counts: mp.Queue) -> None:  # type: ignore[type-arg]
     factory = session_factory(make_engine(url))
     worker_id = f"bench-{uuid.uuid4().hex[:8]}"
     done = 0
     start.wait()
     while True:
-        jobs = queue.claim(factory, worker_id, 1, lease_seconds=60)
+        jobs = queue.claim(factory, worker_id, pack, lease_seconds=60)
         if not jobs:
             break
         for job in jobs:
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--claimers", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=4000)
+    parser.add_argument("--pack", type=int, default=1, help="jobs per claim (a worker's --pack)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "queue.json")
     args = parser.parse_args()
     upgrade(args.url)
@@ -56,7 +58,9 @@ def main() -> None:
     study_id = queue.submit_study(factory, spec)
     ctx = mp.get_context("spawn")
     start, counts = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=claimer, args=(args.url, start, counts)) for _ in range(args.claimers)]
+    procs = [
+        ctx.Process(target=claimer, args=(args.url, args.pack, start, counts)) for _ in range(args.claimers)
+    ]
     for p in procs:
         p.start()
     time.sleep(3.0)  # let every process import and connect before the clock starts
@@ -70,7 +74,8 @@ def main() -> None:
     assert total == spec.grid_size and states["done"] == spec.grid_size, (total, states)
     rate = total / elapsed
     backend = args.url.split(":", 1)[0]
-    print(f"{backend}, {args.claimers} claimers, {total} jobs: {elapsed:.2f} s, {rate:.0f} claim+complete/s")
+    setup = f"{backend}, {args.claimers} claimers, pack {args.pack}, {total} jobs"
+    print(f"{setup}: {elapsed:.2f} s, {rate:.0f} jobs/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
