@@ -152,48 +152,22 @@ def _fmt(value: float | None) -> str:
 
 @app.command()
 def demo(
-    T: Annotated[int, typer.Option("--T", help="copying delay")] = 20,
-    steps: Annotated[int, typer.Option(help="optimizer steps per trial")] = 800,
-    seeds: Annotated[int, typer.Option(help="seeds per variant")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps per trial")] = 600,
+    workers: Annotated[int, typer.Option(min=1, help="local worker processes")] = 2,
+    out_dir: Annotated[Path, typer.Option(help="where the run folder (database, report, logs) goes")] = Path(
+        "runs"
+    ),
 ) -> None:
-    """A small vanilla vs h-detach comparison on the copying task, trained as one pack on the CPU."""
-    from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+    """The whole product on a local SQLite file: API, two workers, a small copying study, its summary."""
+    from hdetach.demo import run_demo
 
-    config = TrainingConfig(
-        task=TaskConfig(name="copying", T=T),
-        hidden_size=64,
-        steps=steps,
-        batch_size=64,
-        eval_every=max(1, steps // 8),
-    )
-    trials = [
-        TrialParams(variant=v, p_detach=p, lr=1e-3, seed=s)
-        for v, p in (("vanilla", 0.0), ("h-detach", 0.5))
-        for s in range(seeds)
-    ]
-    trainer = PackTrainer(config, trials)
-    console.print(f"training {len(trials)} trials as one pack: {trainer.task.description}")
-    with Progress(
-        TextColumn("[bold]demo"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("demo", total=steps)
-        records = trainer.run(on_step=lambda step: progress.update(bar, completed=step))
-    curves = Table(title=f"learning curves (validation accuracy), copying T={T}")
-    curves.add_column("step")
-    for r in records:
-        curves.add_column(f"{r.params.variant} s{r.params.seed}")
-    for i, point in enumerate(records[0].curve):
-        curves.add_row(
-            str(int(point["step"])),
-            *(_fmt(r.curve[i].get("val_accuracy")) if i < len(r.curve) else "-" for r in records),
-        )
-    out = Console()
-    out.print(curves)
-    out.print(results_table(trainer.task.success_metric, records))
+    try:
+        run_demo(steps, workers, out_dir, Console())
+    except KeyboardInterrupt:
+        console.print("interrupted: stopped the API and the workers")
+        raise typer.Exit(130) from None
+    except RuntimeError as e:
+        fail(str(e))
 
 
 db_app = typer.Typer(help="Database administration.", no_args_is_help=True)

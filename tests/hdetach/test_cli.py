@@ -115,3 +115,21 @@ def test_bad_spec_is_rejected_naming_the_field_and_writes_nothing(tmp_path: Path
             assert conn.execute(text("SELECT count(*) FROM hd_studies")).scalar() == 0
             assert conn.execute(text("SELECT count(*) FROM hd_jobs")).scalar() == 0
     engine.dispose()
+
+
+def test_demo_runs_the_whole_product_and_cleans_up(tmp_path: Path):
+    result = subprocess.run(
+        [*HDETACH, "demo", "--steps", "6", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "robustness summary" in result.stdout and "h-detach vs vanilla" in result.stdout
+    (run_dir,) = tmp_path.iterdir()
+    report = (run_dir / "report.html").read_text()
+    assert "demo-copying-small" in report and 'src="metric_vs_lr.svg"' in report
+    assert (run_dir / "metric_vs_lr.svg").read_bytes().lstrip().startswith(b"<?xml")
+    assert f"optuna-dashboard sqlite:///{run_dir.resolve()}/hdetach.db" in result.stdout.replace("\n", "")
+    leftover = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""  # the API and the workers are gone
