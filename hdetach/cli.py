@@ -197,20 +197,59 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 
 @app.command()
 def submit(
-    spec_file: Annotated[Path, typer.Argument(help="study spec (JSON)")],
+    spec_file: Annotated[Path | None, typer.Argument(help="study spec (JSON)")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="submit this preset instead (see `hdetach presets`)")
+    ] = None,
+    overrides: Annotated[
+        str | None, typer.Option(help="JSON merged into the preset, e.g. '{\"seeds\": [1]}'")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Queue a study straight into the database (no API needed); prints its id."""
     from hdetach.studies_app import Backend
+    from studies.presets import preset_spec
 
-    if not spec_file.is_file():
+    if (spec_file is None) == (preset is None):
+        fail("give a spec file or --preset NAME (one of them)")
+    if spec_file is not None and not spec_file.is_file():
         fail(f"{spec_file}: no such file")
+    try:
+        if spec_file is not None:
+            text = spec_file.read_text()
+        else:
+            text = json.dumps(preset_spec(str(preset), json.loads(overrides or "{}")))
+    except KeyError as e:
+        fail(str(e.args[0]))
+    except json.JSONDecodeError as e:
+        fail(f"--overrides is not JSON: {e}")
     with Backend(_settings(database_url)) as backend:
         try:
-            spec = backend.parse_spec(spec_file.read_text())
+            spec = backend.parse_spec(text)
         except ValidationError as e:
             fail(f"invalid spec: {validation_message(e)}")
         typer.echo(backend.submit(spec))
+
+
+@app.command()
+def presets(as_json: Annotated[bool, typer.Option("--json", help="print the specs as JSON")] = False) -> None:
+    """The paper's experiments as ready specs (each also in a -small size for CPUs)."""
+    from studies.presets import PRESETS, validated_presets
+
+    if as_json:
+        typer.echo(json.dumps(PRESETS))
+        return
+    table = Table(title="presets")
+    for column in ("name", "task", "variants", "learning rates", "seeds", "steps", "trials"):
+        table.add_column(column)
+    for name, spec in validated_presets().items():
+        task = spec.task.name + (f" T={spec.task.T}" if spec.task.T else "")
+        variants = ", ".join(f"{v.name} p={v.p_detach:g}" for v in spec.variants)
+        lrs = ", ".join(f"{lr:g}" for lr in spec.lr_values())
+        table.add_row(
+            name, task, variants, lrs, str(len(spec.seeds)), str(spec.budget.steps), str(spec.grid_size)
+        )
+    Console().print(table)
 
 
 @app.command()

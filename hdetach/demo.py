@@ -23,23 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+DEMO_PRESET = "copying-T100-small"
 
-def demo_spec(steps: int) -> dict[str, Any]:
-    return {
-        "name": "demo-copying-small",
-        "task": {"name": "copying", "T": 10, "n_val": 200, "n_test": 500},
-        "model": {"hidden_size": 32},
-        "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
-        "learning_rates": [0.001, 0.003, 0.01],
-        "seeds": [1, 2],
-        "budget": {
-            "steps": steps,
-            "eval_every": max(1, steps // 6),
-            "batch_size": 32,
-            "eval_batch_size": 500,
-        },
-        "success": {"metric": "accuracy", "threshold": 0.5},
-    }
+
+def demo_overrides(steps: int) -> dict[str, Any]:
+    return {"name": "demo-copying-small", "budget": {"steps": steps, "eval_every": max(1, steps // 6)}}
 
 
 def _free_port() -> int:
@@ -102,7 +90,7 @@ def run_demo(steps: int, workers: int, out_dir: Path, console: Console) -> Path:
         api = stack.enter_context(
             httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         )
-        created = api.post("/studies", json=demo_spec(steps))
+        created = api.post(f"/presets/{DEMO_PRESET}/studies", json=demo_overrides(steps))
         created.raise_for_status()
         study = created.json()
         console.print(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from hdetach.settings import Settings
 from hdetach.studies_app import Backend
 from service.metrics import make_registry
-from service.routes import ops, reports, studies
+from service.routes import ops, presets, reports, studies
 from studies.exceptions import Conflict, NotFound
 
 DESCRIPTION = """Submit robustness studies of LSTM training (variants x learning rates x seeds),
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hdetach-studies", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(studies.router)
     app.include_router(reports.router)
+    app.include_router(presets.router)
     app.include_router(ops.router)
 
     @app.exception_handler(NotFound)

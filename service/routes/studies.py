@@ -69,6 +69,15 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
     )
 
 
+def validate_with_limits(backend: BackendDep, data: dict[str, Any]) -> StudySpec:
+    """Validate spec JSON against the deployment's limits; a rejection is a 422 naming the field."""
+    try:
+        return StudySpec.model_validate(data, context={"limits": backend.settings.spec_limits()})
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from error
+
+
 def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
     study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
     return study, StudySpec.model_validate_json(study.spec_json)
@@ -85,15 +94,7 @@ def create_study(
     backend: BackendDep, spec: Annotated[StudySpec, Body(openapi_examples={"small": {"value": EXAMPLE_SPEC}})]
 ) -> StudyCreated:
     """Queue a study: one job per (variant, learning rate, seed). Nothing is written unless all is."""
-    try:  # the deployment's limits apply on top of the schema
-        spec = StudySpec.model_validate(spec.model_dump(), context={"limits": backend.settings.spec_limits()})
-    except ValidationError as error:
-        raise RequestValidationError(
-            [
-                {**e, "loc": ("body", *e["loc"])}
-                for e in error.errors(include_url=False, include_context=False)
-            ]
-        ) from error
+    spec = validate_with_limits(backend, spec.model_dump())  # the deployment's limits on top of the schema
     study_id = backend.submit(spec)
     study = queue.get_study(backend.factory, study_id)
     return StudyCreated(

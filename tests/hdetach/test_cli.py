@@ -133,3 +133,17 @@ def test_demo_runs_the_whole_product_and_cleans_up(tmp_path: Path):
     assert f"optuna-dashboard sqlite:///{run_dir.resolve()}/hdetach.db" in result.stdout.replace("\n", "")
     leftover = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""  # the API and the workers are gone
+
+
+def test_presets_and_submit_by_preset(tmp_path: Path):
+    listing = run("presets", "--json")
+    assert listing.returncode == 0 and "copying-T300-small" in json.loads(listing.stdout)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    submitted = run(
+        "submit", "--preset", "pixel-mnist-small", "--overrides", '{"seeds": [3]}', "--database-url", url
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    status = json.loads(run("status", submitted.stdout.strip(), "--database-url", url, "--json").stdout)
+    assert status["jobs"]["queued"] == 6
+    unknown = run("submit", "--preset", "nope", "--database-url", url)
+    assert unknown.returncode == 2 and "unknown preset" in unknown.stderr

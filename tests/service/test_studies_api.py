@@ -153,3 +153,15 @@ def test_reads_can_require_a_token(tmp_path):
         assert ok.status_code == 200
     finally:
         stop(proc)
+
+
+def test_presets_list_and_submit_by_name_with_overrides(server):
+    api = server.client()
+    presets = api.get("/presets").json()
+    assert "copying-T100" in presets and presets["pixel-mnist"]["variants"][1]["p_detach"] == 0.25
+    created = api.post("/presets/copying-T100-small/studies", json={"seeds": [1], "name": "from-preset"})
+    assert created.status_code == 201, created.text
+    assert created.json()["cells"] == 6 and created.json()["name"] == "from-preset"
+    assert api.post("/presets/nope/studies", json={}).status_code == 404
+    bad = api.post("/presets/copying-T100-small/studies", json={"seeds": [-1]})
+    assert bad.status_code == 422 and "seeds" in str(bad.json()["detail"][0]["loc"])

@@ -1,0 +1,43 @@
+"""The paper presets: every one is a valid spec that mirrors the paper's settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from studies.presets import PRESETS, preset_spec, validated_presets
+
+
+def test_every_preset_is_a_valid_spec_with_the_papers_p_detach():
+    specs = validated_presets()
+    assert set(specs) == {
+        "copying-T100",
+        "copying-T100-small",
+        "copying-T300",
+        "copying-T300-small",
+        "pixel-mnist",
+        "pixel-mnist-small",
+        "permuted-mnist",
+        "permuted-mnist-small",
+    }
+    assert specs["copying-T100"].task.T == 100 and specs["copying-T300"].task.T == 300
+    for name, spec in specs.items():
+        p = {v.name: v.p_detach for v in spec.variants}
+        assert p == {"vanilla": 0.0, "h-detach": 0.5 if name.startswith("copying") else 0.25}
+        assert spec.training.clip_norm == 1.0
+        if name.endswith("-small"):
+            assert spec.grid_size <= 12 and spec.model.hidden_size <= 32 and spec.budget.steps <= 1000
+
+
+def test_overrides_merge_nested_objects_and_replace_the_rest():
+    spec = preset_spec("copying-T100-small", {"seeds": [7], "budget": {"steps": 300}, "priority": 3})
+    assert spec["seeds"] == [7] and spec["priority"] == 3
+    assert (
+        spec["budget"]["steps"] == 300
+        and spec["budget"]["batch_size"] == PRESETS["copying-T100-small"]["budget"]["batch_size"]
+    )
+    assert PRESETS["copying-T100-small"]["seeds"] == [1, 2]  # the preset itself is untouched
+
+
+def test_unknown_preset_names_the_presets():
+    with pytest.raises(KeyError, match="copying-T100"):
+        preset_spec("copying-T1000")
