@@ -31,7 +31,6 @@ class Settings(BaseSettings):
     read_requires_token: bool = False  # whether GET endpoints need a token too
     host: str = "127.0.0.1"  # `hdetach serve` address
     port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
-    report_dir: str = "reports"  # where `hdetach demo` writes HTML reports
 
     @model_validator(mode="after")
     def _no_placeholder_outside_development(self) -> Settings:

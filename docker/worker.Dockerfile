@@ -1,0 +1,22 @@
+# A GPU worker: CUDA runtime base, a CUDA build of torch, one worker process per container (one GPU).
+FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv
+ENV PATH="/opt/venv/bin:$PATH"
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv procps \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+WORKDIR /app
+# PyPI's default torch wheel for Linux x86_64 is the CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY studies ./studies
+COPY workers ./workers
+COPY service ./service
+COPY hdetach ./hdetach
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --uid 10001 hdetach
+USER 10001
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["pgrep", "-f", "hdetach worker"]
+CMD ["sh", "-c", "exec hdetach worker --device \"${HDETACH_WORKER_DEVICE:-cuda:0}\" --pack \"${HDETACH_WORKER_PACK:-32}\""]
