@@ -7,9 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, status
 
 from service.deps import BackendDep, ReadAccess, WriteAccess
-from service.routes.studies import AUTH, links, validate_with_limits
+from service.routes.studies import AUTH, submit_validated
 from service.schemas import Problem, StudyCreated
-from studies import queue
 from studies.presets import PRESETS, preset_spec
 
 router = APIRouter(prefix="/presets", tags=["presets"])
@@ -42,13 +41,4 @@ def submit_preset(
         data = preset_spec(name, overrides)
     except KeyError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error.args[0])) from error
-    spec = validate_with_limits(backend, data)
-    study_id = backend.submit(spec)
-    study = queue.get_study(backend.factory, study_id)
-    return StudyCreated(
-        id=study_id,
-        name=study.name,
-        optuna_study_name=study.optuna_study_name,
-        cells=spec.grid_size,
-        links=links(study_id),
-    )
+    return submit_validated(backend, data)

@@ -78,6 +78,20 @@ def validate_with_limits(backend: BackendDep, data: dict[str, Any]) -> StudySpec
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from error
 
 
+def submit_validated(backend: BackendDep, data: dict[str, Any]) -> StudyCreated:
+    """Validate spec JSON against the deployment's limits, submit it, and describe the new study."""
+    spec = validate_with_limits(backend, data)
+    study_id = backend.submit(spec)
+    study = queue.get_study(backend.factory, study_id)
+    return StudyCreated(
+        id=study_id,
+        name=study.name,
+        optuna_study_name=study.optuna_study_name,
+        cells=spec.grid_size,
+        links=links(study_id),
+    )
+
+
 def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
     study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
     return study, StudySpec.model_validate_json(study.spec_json)
@@ -94,16 +108,7 @@ def create_study(
     backend: BackendDep, spec: Annotated[StudySpec, Body(openapi_examples={"small": {"value": EXAMPLE_SPEC}})]
 ) -> StudyCreated:
     """Queue a study: one job per (variant, learning rate, seed). Nothing is written unless all is."""
-    spec = validate_with_limits(backend, spec.model_dump())  # the deployment's limits on top of the schema
-    study_id = backend.submit(spec)
-    study = queue.get_study(backend.factory, study_id)
-    return StudyCreated(
-        id=study_id,
-        name=study.name,
-        optuna_study_name=study.optuna_study_name,
-        cells=spec.grid_size,
-        links=links(study_id),
-    )
+    return submit_validated(backend, spec.model_dump())  # the deployment's limits on top of the schema
 
 
 @router.get("", response_model=StudyPage, dependencies=[ReadAccess], responses=AUTH)
