@@ -235,13 +235,3 @@ class Worker:
             self.held.leases.clear()
         for job_id, token in leases.items():
             queue.release(self.factory, job_id, token, reason)
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass (used by tests and the demo)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

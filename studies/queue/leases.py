@@ -161,20 +161,7 @@ def fail(
     factory: sessionmaker[Session], job_id: int, token: str, error: str, now: datetime | None = None
 ) -> bool:
     """The attempt raised: queue the job again, or fail it for good after `max_attempts`."""
-    now = resolve_now(now)
-
-    def work(session: Session) -> bool:
-        found = _lock_held(session, job_id, token)
-        if found is None:
-            return False
-        job, cancel_requested = found
-        _end_attempt(
-            job, RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested).state, now, error
-        )
-        settle_study(session, job.study_id, now)
-        return True
-
-    return run_transaction(factory, work)
+    return release(factory, job_id, token, error, count_attempt=True, now=now)
 
 
 def cancel_job(factory: sessionmaker[Session], job_id: int, token: str, now: datetime | None = None) -> bool:
