@@ -16,24 +16,18 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
+from studies.db.models import Engine
 from studies.queue import ClaimedJob
-from studies.spec import GridCell, StudySpec
-from studies.tracking import (
-    abandon_trial,
-    create_optuna_study,
-    open_storage,
-    record_result,
-    report,
-    start_trial,
-)
-from studies.training import PackTrainer, TrialRecord
+from studies.tracking import abandon_trial, open_storage
+from studies.training import PackTrainer
+from workers.attempts import LeaseKeeper, PackAttempt
 
 log = logging.getLogger("hdetach.worker")
 
@@ -51,16 +45,6 @@ class WorkerOptions:
     exit_when_idle: bool = False  # stop when the queue is empty instead of polling
 
 
-@dataclass
-class _Held:
-    """The jobs of the pack in training, shared with the heartbeat thread."""
-
-    leases: dict[int, str] = field(default_factory=dict)  # job id -> lease token
-    lost: set[int] = field(default_factory=set)
-    cancelled: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class Worker:
     def __init__(self, options: WorkerOptions):
         self.options = options
@@ -70,7 +54,7 @@ class Worker:
         self.factory = session_factory(self.engine)
         self.storage = open_storage(options.database_url)
         self.stop_requested = threading.Event()
-        self.held = _Held()
+        self.leases = LeaseKeeper(self.factory, self.id, options.lease_seconds, options.heartbeat_seconds)
         self.packs_done = 0
         self.training_seconds = 0.0  # inside PackTrainer.run: the rest of the wall time is overhead
 
@@ -82,8 +66,7 @@ class Worker:
         queue.register_worker(
             self.factory, self.id, socket.gethostname(), os.getpid(), self.options.device, self.options.pack
         )
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
+        self.leases.start()
         try:
             while not self.stop_requested.is_set():
                 self._reap()
@@ -93,12 +76,13 @@ class Worker:
                     self.packs_done += 1
                     if self.options.max_packs is not None and self.packs_done >= self.options.max_packs:
                         break
-                elif self.options.exit_when_idle and queue.unfinished_jobs(self.factory) == 0:
+                elif self.options.exit_when_idle and queue.unfinished_jobs(self.factory, Engine.QUEUE) == 0:
                     break
                 else:
                     self.stop_requested.wait(self.options.poll_seconds)
         finally:
-            self._release_all("worker stopping")
+            self.leases.release_all("worker stopping")
+            self.leases.stop()
             self.stop_requested.set()
             queue.worker_stopped(self.factory, self.id)
             self.storage.engine.dispose()
@@ -122,116 +106,36 @@ class Worker:
             if reaped.optuna_trial_id is not None:
                 abandon_trial(self.storage, reaped.optuna_trial_id, "lease expired")
 
-    def _heartbeat_loop(self) -> None:
-        while not self.stop_requested.wait(self.options.heartbeat_seconds):
-            with self.held.lock:
-                leases = dict(self.held.leases)
-            try:
-                reply = queue.heartbeat(self.factory, self.id, leases, self.options.lease_seconds)
-            except Exception:  # a database hiccup must not kill the worker; the next beat retries
-                log.exception("heartbeat failed")
-                continue
-            with self.held.lock:
-                self.held.lost |= set(reply.lost)
-                self.held.cancelled |= set(reply.cancelled)
-
     # -- one pack ---------------------------------------------------------------------------
     def _train_pack(self, jobs: list[ClaimedJob]) -> None:
-        spec = StudySpec.model_validate_json(jobs[0].spec_json)
-        cells = [
-            GridCell(index=j.cell_index, variant=j.variant, p_detach=j.p_detach, lr=j.lr, seed=j.seed)
-            for j in jobs
-        ]
-        trial_ids = {}
-        for job, cell in zip(jobs, cells, strict=True):
-            job_spec = StudySpec.model_validate_json(job.spec_json)
-            create_optuna_study(self.storage, job.optuna_study_name, job_spec, job.study_id)  # idempotent
-            attrs = {
-                "attempt": job.attempt,
-                "worker": self.id,
-                "device": self.options.device,
-                "job_id": job.job_id,
-            }
-            trial_ids[job.job_id] = start_trial(self.storage, job.optuna_study_name, job_spec, cell, attrs)
-            queue.set_optuna_trial(self.factory, job.job_id, job.lease_token, trial_ids[job.job_id])
-        with self.held.lock:
-            self.held.leases = {j.job_id: j.lease_token for j in jobs}
-            self.held.lost.clear()
-            self.held.cancelled.clear()
+        attempt = PackAttempt(self.factory, self.storage, jobs, self.id, self.options.device)
+        attempt.open()
+        self.leases.hold(jobs)
+        spec = attempt.spec
         log.info(
-            "training %d trials of study %s as one pack on %s",
-            len(jobs),
-            jobs[0].study_id,
-            self.options.device,
+            "training %d trials of study %s as one pack on %s", len(jobs), jobs[0].study_id, attempt.device
         )
         try:
             trainer = PackTrainer(
-                spec.training_config(), [c.trial_params(spec) for c in cells], self.options.device
+                spec.training_config(), [c.trial_params(spec) for c in attempt.cells()], self.options.device
             )
             started = time.perf_counter()
             records = trainer.run(
-                on_eval=lambda k, point: self._on_eval(trainer, jobs, trial_ids, k, point),
+                on_eval=lambda k, point: attempt.report(k, point, trainer.success_metric),
                 should_stop=lambda: self._should_stop(trainer, jobs),
             )
             self.training_seconds += time.perf_counter() - started
         except Exception as error:
-            message = "".join(traceback.format_exception_only(error)).strip()
             log.exception("pack failed")
-            for job in jobs:
-                queue.fail(self.factory, job.job_id, job.lease_token, message)
-                abandon_trial(self.storage, trial_ids[job.job_id], f"error: {message[:200]}")
-            self._forget(jobs)
-            return
-        metric = spec.success.metric
-        for job, record in zip(jobs, records, strict=True):
-            self._settle(job, record, trial_ids[job.job_id], metric)
-        self._forget(jobs)
-
-    def _on_eval(
-        self, trainer: PackTrainer, jobs: list[ClaimedJob], trial_ids: dict[int, int], k: int, point: dict
-    ) -> None:
-        value = point.get(f"val_{trainer.success_metric}")
-        if value is not None:
-            report(self.storage, trial_ids[jobs[k].job_id], int(point["step"]), value)
+            attempt.fail("".join(traceback.format_exception_only(error)).strip())
+        else:
+            attempt.settle(records)
+        finally:
+            self.leases.forget(jobs)
 
     def _should_stop(self, trainer: PackTrainer, jobs: list[ClaimedJob]) -> bool:
-        with self.held.lock:
-            gone = self.held.lost | self.held.cancelled
+        lost, cancelled = self.leases.lost, self.leases.cancelled
         for k, job in enumerate(jobs):
-            if job.job_id in gone:
-                trainer.stop_trial(k, "cancelled" if job.job_id in self.held.cancelled else "lost")
+            if job.job_id in lost | cancelled:
+                trainer.stop_trial(k, "cancelled" if job.job_id in cancelled else "lost")
         return self.stop_requested.is_set()
-
-    def _settle(self, job: ClaimedJob, record: TrialRecord, trial_id: int, metric: str) -> None:
-        """Record one trial's outcome exactly once, or give the job back."""
-        token = job.lease_token
-        if record.status in ("completed", "succeeded", "diverged"):
-            result = record.to_dict() | {
-                "device": self.options.device,
-                "worker": self.id,
-                "attempt": job.attempt,
-            }
-            if queue.complete(self.factory, job.job_id, token, result):
-                record_result(self.storage, trial_id, metric, result)
-            else:
-                abandon_trial(self.storage, trial_id, "late report rejected")
-        elif record.status == "cancelled":
-            queue.cancel_job(self.factory, job.job_id, token)
-            abandon_trial(self.storage, trial_id, "cancelled")
-        elif record.status == "lost":
-            abandon_trial(self.storage, trial_id, "lease lost")
-        else:  # interrupted by a stop request: another worker will run it again
-            queue.release(self.factory, job.job_id, token, "worker stopped")
-            abandon_trial(self.storage, trial_id, "released (worker stopping)")
-
-    def _forget(self, jobs: list[ClaimedJob]) -> None:
-        with self.held.lock:
-            for job in jobs:
-                self.held.leases.pop(job.job_id, None)
-
-    def _release_all(self, reason: str) -> None:
-        with self.held.lock:
-            leases = dict(self.held.leases)
-            self.held.leases.clear()
-        for job_id, token in leases.items():
-            queue.release(self.factory, job_id, token, reason)

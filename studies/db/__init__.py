@@ -10,10 +10,22 @@ from studies.db.engine import (
     session_scope,
     upgrade,
 )
-from studies.db.models import Base, Job, JobState, Study, StudyStatus, Worker, WorkerStatus, as_utc, utcnow
+from studies.db.models import (
+    Base,
+    Engine,
+    Job,
+    JobState,
+    Study,
+    StudyStatus,
+    Worker,
+    WorkerStatus,
+    as_utc,
+    utcnow,
+)
 
 __all__ = [
     "Base",
+    "Engine",
     "Job",
     "JobState",
     "Study",

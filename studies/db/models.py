@@ -52,6 +52,13 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Engine(StrEnum):
+    """Who runs a study's jobs: the queue workers, or a Ray Tune driver (`hdetach ray-run`)."""
+
+    QUEUE = "queue"
+    RAY = "ray"
+
+
 class WorkerStatus(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
@@ -98,7 +105,7 @@ class Base(DeclarativeBase):
 
 class Study(Base):
     __tablename__ = "hd_studies"
-    __table_args__ = (_one_of("status", StudyStatus),)
+    __table_args__ = (_one_of("status", StudyStatus), _one_of("engine", Engine))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -106,6 +113,7 @@ class Study(Base):
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    engine: Mapped[str] = mapped_column(String(16), default=Engine.QUEUE, server_default=Engine.QUEUE.value)
     optuna_study_name: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -7,7 +7,16 @@ global state. Submit and cancel in `submission`, claim in `claim`, the life of a
 
 from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, ReapedJob
 from studies.queue.claim import claim
-from studies.queue.leases import cancel_job, complete, fail, heartbeat, reap, release, set_optuna_trial
+from studies.queue.leases import (
+    cancel_job,
+    complete,
+    fail,
+    heartbeat,
+    reap,
+    release,
+    retry_held,
+    set_optuna_trial,
+)
 from studies.queue.reads import get_job, get_study, job_counts, list_jobs, list_studies, unfinished_jobs
 from studies.queue.retry import RetryDecision, RetryPolicy
 from studies.queue.submission import (
@@ -45,6 +54,7 @@ __all__ = [
     "reap",
     "register_worker",
     "release",
+    "retry_held",
     "set_optuna_trial",
     "set_worker_status",
     "submit_study",

@@ -17,13 +17,15 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus
+from studies.db.models import Engine, Job, JobState, Study, StudyStatus
 from studies.queue._common import resolve_now
 from studies.queue._types import ClaimedJob
 
 
-def _studies_in_claim_order(session: Session) -> list[int]:
+def _studies_in_claim_order(session: Session, engine: Engine | None, study_id: int | None) -> list[int]:
     """Studies that may have queued jobs: highest priority first, then fewest running jobs, then oldest.
+
+    Only studies run by `engine` (any, if None), or only `study_id` if given.
 
     Ordering the few active studies (instead of every queued job) keeps a claim cheap however
     long the queue is; each count uses the (study_id, state) index.
@@ -39,6 +41,10 @@ def _studies_in_claim_order(session: Session) -> list[int]:
         .where(Study.status.in_([StudyStatus.QUEUED, StudyStatus.RUNNING]), Study.cancel_requested.is_(False))
         .order_by(Study.priority.desc(), running, Study.id)
     )
+    if engine is not None:
+        statement = statement.where(Study.engine == engine)
+    if study_id is not None:
+        statement = statement.where(Study.id == study_id)
     return list(session.scalars(statement))
 
 
@@ -57,8 +63,13 @@ def claim(
     max_jobs: int,
     lease_seconds: float,
     now: datetime | None = None,
+    engine: Engine | None = Engine.QUEUE,
+    study_id: int | None = None,
 ) -> list[ClaimedJob]:
     """Lease up to `max_jobs` jobs of one pack to `worker_id`; [] when nothing is queued.
+
+    Queue workers claim from studies whose engine is the queue; a Ray driver passes
+    `engine=Engine.RAY`, or `engine=None` with the `study_id` it was asked to run.
 
     The first study in claim order with a queued job fixes the pack key; the pack is filled from
     that study, then from the next studies in the same order whose jobs share the key.
@@ -71,8 +82,8 @@ def claim(
     def work(session: Session) -> list[ClaimedJob]:
         jobs: list[Job] = []
         pack_key: str | None = None
-        for study_id in _studies_in_claim_order(session):
-            jobs.extend(session.scalars(_queued_jobs(study_id, max_jobs - len(jobs), pack_key)))
+        for candidate in _studies_in_claim_order(session, engine, study_id):
+            jobs.extend(session.scalars(_queued_jobs(candidate, max_jobs - len(jobs), pack_key)))
             if jobs:
                 pack_key = jobs[0].pack_key
             if len(jobs) == max_jobs:

@@ -94,6 +94,25 @@ def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, tr
     return run_transaction(factory, work)
 
 
+def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: str) -> int | None:
+    """An executor that retries on its own (Ray Tune) starts a new attempt under the same lease.
+
+    Records the error and counts the attempt; returns the new attempt number, or None if the
+    lease is no longer held.
+    """
+
+    def work(session: Session) -> int | None:
+        statement = (
+            update(Job)
+            .where(_held(job_id, token))
+            .values(attempts=Job.attempts + 1, last_error=error, optuna_trial_id=None)
+            .returning(Job.attempts)
+        )
+        return session.scalars(statement).first()
+
+    return run_transaction(factory, work)
+
+
 def complete(
     factory: sessionmaker[Session],
     job_id: int,

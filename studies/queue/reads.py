@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import session_scope
-from studies.db.models import Job, JobState, Study, StudyStatus
+from studies.db.models import Engine, Job, JobState, Study, StudyStatus
 from studies.exceptions import NotFound
 from studies.queue._common import state_counts
 
@@ -57,10 +57,16 @@ def list_studies(
         return session.scalars(statement).all()
 
 
-def unfinished_jobs(factory: sessionmaker[Session]) -> int:
-    """Jobs of any study still queued or running (a running one may yet come back to the queue)."""
+def unfinished_jobs(factory: sessionmaker[Session], engine: Engine | None = None) -> int:
+    """Jobs still queued or running (a running one may yet come back to the queue), of studies run
+    by `engine` (any, if None)."""
+    statement = (
+        select(func.count())
+        .select_from(Job)
+        .join(Study, Study.id == Job.study_id)
+        .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+    )
+    if engine is not None:
+        statement = statement.where(Study.engine == engine)
     with session_scope(factory, readonly=True) as session:
-        statement = (
-            select(func.count()).select_from(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
-        )
         return int(session.scalar(statement) or 0)

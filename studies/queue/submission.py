@@ -66,6 +66,7 @@ def submit_study(
             status=StudyStatus.QUEUED,
             priority=valid.priority,
             cancel_requested=False,
+            engine=valid.engine,
             optuna_study_name=f"pending-{uuid4().hex}",  # its real name needs the id
             created_at=now,
             updated_at=now,

@@ -20,14 +20,25 @@ from uuid import uuid4
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies import queue
-from studies.db import Base, Job, Study, Worker, make_engine, run_transaction, session_factory, upgrade
-from studies.db.engine import VERSION_TABLE
+from studies.db import (
+    Base,
+    Engine,
+    Job,
+    Study,
+    Worker,
+    make_engine,
+    run_transaction,
+    session_factory,
+    upgrade,
+)
+from studies.db.engine import VERSION_TABLE, alembic_config
 from studies.exceptions import Conflict, NotFound, SpecError
 from studies.spec import SpecLimits, StudySpec
 
@@ -433,6 +444,41 @@ def test_run_transaction_retries_a_deadlock_victim_only(factory: sessionmaker[Se
         run_transaction(factory, lambda session: 1 // 0)
 
 
+# -- engines ---------------------------------------------------------------------------------
+def test_queue_workers_leave_ray_studies_to_a_ray_driver(factory: sessionmaker[Session]) -> None:
+    ray_study = queue.submit_study(factory, make_spec("on-ray").model_copy(update={"engine": "ray"}))
+    assert queue.get_study(factory, ray_study).engine == "ray"
+    assert queue.claim(factory, "queue-worker", 8, LEASE, now=T0) == []
+    assert queue.unfinished_jobs(factory, Engine.QUEUE) == 0
+    assert queue.unfinished_jobs(factory, Engine.RAY) == queue.unfinished_jobs(factory) == 8
+
+    queue_study = queue.submit_study(factory, make_spec("on-queue", hidden_size=9))
+    assert {j.study_id for j in queue.claim(factory, "queue-worker", 8, LEASE, now=T0)} == {queue_study}
+    driver = queue.claim(factory, "ray-driver", 8, LEASE, now=T0, engine=Engine.RAY)
+    assert {j.study_id for j in driver} == {ray_study} and len(driver) == 8
+
+
+def test_a_driver_can_claim_one_named_study_of_any_engine(factory: sessionmaker[Session]) -> None:
+    first = queue.submit_study(factory, make_spec("first"))
+    second = queue.submit_study(factory, make_spec("second"))
+    jobs = queue.claim(factory, "ray-driver", 8, LEASE, now=T0, engine=None, study_id=second)
+    assert {j.study_id for j in jobs} == {second} and len(jobs) == 8
+    assert queue.job_counts(factory, first)["queued"] == 8
+
+
+def test_retry_held_counts_an_attempt_under_the_same_lease(factory: sessionmaker[Session]) -> None:
+    queue.submit_study(factory, make_spec(), max_attempts=2)
+    job = queue.claim(factory, "ray-driver", 1, LEASE, now=T0, engine=None)[0]
+    assert queue.set_optuna_trial(factory, job.job_id, job.lease_token, 41)
+    assert queue.retry_held(factory, job.job_id, job.lease_token, "boom") == 2
+    row = queue.get_job(factory, job.job_id)
+    assert (row.state, row.attempts, row.last_error, row.optuna_trial_id) == ("running", 2, "boom", None)
+    assert queue.retry_held(factory, job.job_id, "not-the-token", "late") is None
+    # the last attempt failing ends the job: attempts are at max_attempts
+    assert queue.fail(factory, job.job_id, job.lease_token, "boom again")
+    assert queue.get_job(factory, job.job_id).state == "failed"
+
+
 # -- migrations ------------------------------------------------------------------------------
 def _upgrade(url: str) -> None:
     upgrade(url)
@@ -454,12 +500,41 @@ def test_upgrade_is_idempotent_and_safe_to_run_at_once(backend: str, tmp_path: P
         engine = make_engine(url)
         try:
             with engine.connect() as connection:
-                assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                    ("0001",)
-                ]
+                head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+                assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [(head,)]
                 assert {"hd_studies", "hd_jobs", "hd_workers"} <= set(inspect(connection).get_table_names())
                 ours = {"include_name": lambda name, kind, _: kind != "table" or name in Base.metadata.tables}
                 context = MigrationContext.configure(connection, opts=ours)
                 assert compare_metadata(context, Base.metadata) == []  # the migrations build the models
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrade_keeps_the_studies_of_an_older_schema(backend: str, tmp_path: Path) -> None:
+    """0002 adds hd_studies.engine: studies submitted before it are queue studies, and still claimable."""
+    with (
+        fresh_postgres_database() if backend == "postgres" else nullcontext(f"sqlite:///{tmp_path / 'm.db'}")
+    ) as url:
+        upgrade(url, "0001")
+        engine = make_engine(url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO hd_studies (name, spec_json, status, priority, cancel_requested,"
+                        " optuna_study_name, created_at, updated_at)"
+                        " VALUES ('old', '{}', 'done', 0, false, 'old-study', :now, :now)"
+                    ),
+                    {"now": datetime(2026, 1, 1)},
+                )
+            upgrade(url)
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT name, engine FROM hd_studies")).all() == [
+                    ("old", "queue")
+                ]
+            refused = pytest.raises(IntegrityError, match=r"engine_valid|CHECK constraint")
+            with refused, engine.begin() as connection:
+                connection.execute(text("UPDATE hd_studies SET engine = 'spark'"))
         finally:
             engine.dispose()

@@ -1,0 +1,187 @@
+"""What every executor does around training: hold leases, log each attempt to Optuna, settle jobs.
+
+The queue worker (`workers.worker`) and the Ray driver (`workers.ray_executor`) share these, so a
+study's database rows and Optuna trials look the same whichever engine ran it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from optuna.storages import RDBStorage
+from sqlalchemy.orm import Session, sessionmaker
+
+from studies import queue
+from studies.queue import ClaimedJob
+from studies.spec import GridCell, StudySpec
+from studies.tracking import abandon_trial, create_optuna_study, record_result, report, start_trial
+from studies.training import TrialRecord
+
+log = logging.getLogger("hdetach.leases")
+
+RECORDED = frozenset({"completed", "succeeded", "diverged"})  # trainer statuses that are results
+
+
+class LeaseKeeper:
+    """The leases one process holds, renewed by a heartbeat thread.
+
+    The heartbeat also learns which jobs were lost (reaped, or finished elsewhere) and which
+    belong to cancelled studies; executors read `lost` and `cancelled` to stop that work.
+    """
+
+    def __init__(
+        self, factory: sessionmaker[Session], worker_id: str, lease_seconds: float, heartbeat_seconds: float
+    ):
+        self.factory, self.worker_id = factory, worker_id
+        self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
+        self._leases: dict[int, str] = {}  # job id -> lease token
+        self._lost: set[int] = set()
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def hold(self, jobs: Iterable[ClaimedJob]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._leases[job.job_id] = job.lease_token
+                self._lost.discard(job.job_id)
+                self._cancelled.discard(job.job_id)
+
+    def forget(self, jobs: Iterable[ClaimedJob]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._leases.pop(job.job_id, None)
+
+    @property
+    def lost(self) -> set[int]:
+        with self._lock:
+            return set(self._lost)
+
+    @property
+    def cancelled(self) -> set[int]:
+        with self._lock:
+            return set(self._cancelled)
+
+    def release_all(self, reason: str) -> None:
+        """Give back every job still held, unfinished and without counting the attempt."""
+        with self._lock:
+            leases, self._leases = self._leases, {}
+        for job_id, token in leases.items():
+            queue.release(self.factory, job_id, token, reason)
+
+    def beat_once(self) -> None:
+        with self._lock:
+            leases = dict(self._leases)
+        reply = queue.heartbeat(self.factory, self.worker_id, leases, self.lease_seconds)
+        with self._lock:
+            self._lost |= set(reply.lost)
+            self._cancelled |= set(reply.cancelled)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.heartbeat_seconds):
+            try:
+                self.beat_once()
+            except Exception:  # a database hiccup must not kill the executor; the next beat retries
+                log.exception("heartbeat failed")
+
+
+@dataclass
+class PackAttempt:
+    """One attempt at a pack of claimed jobs: its Optuna trials, its curves, and how each job ends.
+
+    Every report to the queue goes through the job's lease token, so a late or repeated one
+    changes nothing; the matching Optuna trial is then closed as abandoned.
+    """
+
+    factory: sessionmaker[Session]
+    storage: RDBStorage
+    jobs: list[ClaimedJob]
+    worker_id: str
+    device: str
+    trial_ids: dict[int, int] = field(default_factory=dict)  # job id -> Optuna trial id
+
+    @property
+    def spec(self) -> StudySpec:
+        return StudySpec.model_validate_json(self.jobs[0].spec_json)
+
+    def cells(self) -> list[GridCell]:
+        return [
+            GridCell(index=j.cell_index, variant=j.variant, p_detach=j.p_detach, lr=j.lr, seed=j.seed)
+            for j in self.jobs
+        ]
+
+    def open(self) -> None:
+        """Start one RUNNING Optuna trial per job and remember it on the job row."""
+        for job, cell in zip(self.jobs, self.cells(), strict=True):
+            spec = StudySpec.model_validate_json(job.spec_json)
+            create_optuna_study(self.storage, job.optuna_study_name, spec, job.study_id)  # idempotent
+            attrs = {
+                "attempt": job.attempt,
+                "worker": self.worker_id,
+                "device": self.device,
+                "job_id": job.job_id,
+            }
+            trial_id = start_trial(self.storage, job.optuna_study_name, spec, cell, attrs)
+            self.trial_ids[job.job_id] = trial_id
+            queue.set_optuna_trial(self.factory, job.job_id, job.lease_token, trial_id)
+
+    def report(self, k: int, point: dict[str, Any], metric: str) -> None:
+        value = point.get(f"val_{metric}")
+        if value is not None:
+            report(self.storage, self.trial_ids[self.jobs[k].job_id], int(point["step"]), value)
+
+    def settle(self, records: Sequence[TrialRecord | dict[str, Any]]) -> None:
+        """Record each job's outcome exactly once, or give the job back; records in job order."""
+        metric = self.spec.success.metric
+        for job, record in zip(self.jobs, records, strict=True):
+            self._settle_one(job, record if isinstance(record, dict) else record.to_dict(), metric)
+
+    def _settle_one(self, job: ClaimedJob, record: dict[str, Any], metric: str) -> None:
+        token, trial_id = job.lease_token, self.trial_ids[job.job_id]
+        status = record["status"]
+        if status in RECORDED:
+            result = record | {"device": self.device, "worker": self.worker_id, "attempt": job.attempt}
+            if queue.complete(self.factory, job.job_id, token, result):
+                record_result(self.storage, trial_id, metric, result)
+            else:
+                abandon_trial(self.storage, trial_id, "late report rejected")
+        elif status == "cancelled":
+            queue.cancel_job(self.factory, job.job_id, token)
+            abandon_trial(self.storage, trial_id, "cancelled")
+        elif status == "lost":
+            abandon_trial(self.storage, trial_id, "lease lost")
+        else:  # interrupted by a stop request: it will run again
+            queue.release(self.factory, job.job_id, token, "worker stopped")
+            abandon_trial(self.storage, trial_id, "released (worker stopping)")
+
+    def fail(self, message: str) -> None:
+        """The attempt raised: each job is queued again, or failed for good after max_attempts."""
+        for job in self.jobs:
+            queue.fail(self.factory, job.job_id, job.lease_token, message)
+            self.abandon_one(job, f"error: {message[:200]}")
+
+    def abandon_one(self, job: ClaimedJob, outcome: str) -> None:
+        if job.job_id in self.trial_ids:
+            abandon_trial(self.storage, self.trial_ids[job.job_id], outcome)
+
+    def next_attempt(self, error: str) -> PackAttempt:
+        """This attempt failed but the jobs stay held (the executor retries them itself): close its
+        trials and count a new attempt for each job (one no longer held keeps its number: nothing it
+        reports will be recorded)."""
+        jobs = []
+        for job in self.jobs:
+            self.abandon_one(job, f"error: {error[:200]}")
+            attempt = queue.retry_held(self.factory, job.job_id, job.lease_token, error)
+            jobs.append(job if attempt is None else replace(job, attempt=attempt))
+        return PackAttempt(self.factory, self.storage, jobs, self.worker_id, self.device)
