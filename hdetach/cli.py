@@ -309,6 +309,66 @@ def worker(
     Worker(options).run()
 
 
+@app.command("ray-run")
+def ray_run(
+    study_id: Annotated[
+        int | None, typer.Argument(help="run this study's queued cells (default: every Ray study's)")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: HDETACH_RAY_ADDRESS, RAY_ADDRESS, else local)")
+    ] = None,
+    pack: Annotated[int, typer.Option(min=1, help="most cells per Tune trial (one packed run)")] = 8,
+    gpus_per_pack: Annotated[float, typer.Option(min=0, help="GPUs each pack asks for; 0.5 shares")] = 0,
+    cpus_per_pack: Annotated[float, typer.Option(min=0, help="CPUs each pack asks for")] = 1,
+    num_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs of a local Ray (no address)")] = None,
+    watch: Annotated[bool, typer.Option(help="keep running Ray studies as they are submitted")] = False,
+) -> None:
+    """Run studies on a Ray cluster as Ray Tune experiments; results land in the same database."""
+    import logging
+    import signal
+
+    if watch and study_id is not None:
+        fail("give a study id or --watch, not both")
+    if gpus_per_pack == 0 and cpus_per_pack == 0:
+        fail("a pack must ask for some CPUs or GPUs")
+    settings = _settings(database_url)
+    if study_id is not None:
+        from hdetach.studies_app import Backend
+        from studies import queue
+        from studies.exceptions import NotFound
+
+        with Backend(settings) as backend:
+            try:
+                queue.get_study(backend.factory, study_id)
+            except NotFound:
+                fail(f"no study with id {study_id}")
+    from workers.ray_executor import RayDriver, RayOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = RayOptions(
+        database_url=settings.database_url,
+        address=address or settings.ray_address,
+        pack=pack,
+        resources={"cpu": cpus_per_pack, "gpu": gpus_per_pack},
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        poll_seconds=settings.poll_seconds,
+        max_attempts=settings.max_attempts,
+        storage_path=settings.ray_storage_path,
+        num_cpus=num_cpus,
+    )
+    with RayDriver(options) as driver:
+        signal.signal(signal.SIGTERM, lambda *_: driver.stop_requested.set())
+        if watch:
+            driver.watch()
+        else:
+            report = driver.run_study(study_id) if study_id is not None else driver.drain()
+            typer.echo(
+                f"ran {report.jobs} cells in {report.packs} packs on Ray (studies {list(report.study_ids)})"
+            )
+
+
 @app.command()
 def serve(
     database_url: DatabaseUrl = None,

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     read_requires_token: bool = False  # whether GET endpoints need a token too
     host: str = "127.0.0.1"  # `hdetach serve` address
     port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
+    ray_address: str | None = None  # Ray cluster for `hdetach ray-run`; unset: RAY_ADDRESS, else a local Ray
+    ray_storage_path: str | None = None  # where Ray Tune keeps its experiment state (unset: ~/ray_results)
 
     @model_validator(mode="after")
     def _no_placeholder_outside_development(self) -> Settings:

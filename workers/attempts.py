@@ -26,6 +26,13 @@ log = logging.getLogger("hdetach.leases")
 RECORDED = frozenset({"completed", "succeeded", "diverged"})  # trainer statuses that are results
 
 
+def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> None:
+    """Hand expired leases back to the queue and close their abandoned Optuna trials."""
+    for reaped in queue.reap(factory):
+        if reaped.optuna_trial_id is not None:
+            abandon_trial(storage, reaped.optuna_trial_id, "lease expired")
+
+
 class LeaseKeeper:
     """The leases one process holds, renewed by a heartbeat thread.
 
@@ -148,22 +155,21 @@ class PackAttempt:
             self._settle_one(job, record if isinstance(record, dict) else record.to_dict(), metric)
 
     def _settle_one(self, job: ClaimedJob, record: dict[str, Any], metric: str) -> None:
-        token, trial_id = job.lease_token, self.trial_ids[job.job_id]
-        status = record["status"]
+        token, status = job.lease_token, record["status"]
         if status in RECORDED:
             result = record | {"device": self.device, "worker": self.worker_id, "attempt": job.attempt}
             if queue.complete(self.factory, job.job_id, token, result):
-                record_result(self.storage, trial_id, metric, result)
+                record_result(self.storage, self.trial_ids[job.job_id], metric, result)
             else:
-                abandon_trial(self.storage, trial_id, "late report rejected")
+                self.abandon_one(job, "late report rejected")
         elif status == "cancelled":
             queue.cancel_job(self.factory, job.job_id, token)
-            abandon_trial(self.storage, trial_id, "cancelled")
+            self.abandon_one(job, "cancelled")
         elif status == "lost":
-            abandon_trial(self.storage, trial_id, "lease lost")
+            self.abandon_one(job, "lease lost")
         else:  # interrupted by a stop request: it will run again
             queue.release(self.factory, job.job_id, token, "worker stopped")
-            abandon_trial(self.storage, trial_id, "released (worker stopping)")
+            self.abandon_one(job, "released (worker stopping)")
 
     def fail(self, message: str) -> None:
         """The attempt raised: each job is queued again, or failed for good after max_attempts."""
@@ -172,6 +178,7 @@ class PackAttempt:
             self.abandon_one(job, f"error: {message[:200]}")
 
     def abandon_one(self, job: ClaimedJob, outcome: str) -> None:
+        """Close the job's trial of this attempt, if one was opened."""
         if job.job_id in self.trial_ids:
             abandon_trial(self.storage, self.trial_ids[job.job_id], outcome)
 

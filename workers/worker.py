@@ -25,9 +25,9 @@ from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
 from studies.db.models import Engine
 from studies.queue import ClaimedJob
-from studies.tracking import abandon_trial, open_storage
+from studies.tracking import open_storage
 from studies.training import PackTrainer
-from workers.attempts import LeaseKeeper, PackAttempt
+from workers.attempts import LeaseKeeper, PackAttempt, reap_expired
 
 log = logging.getLogger("hdetach.worker")
 
@@ -69,7 +69,7 @@ class Worker:
         self.leases.start()
         try:
             while not self.stop_requested.is_set():
-                self._reap()
+                reap_expired(self.factory, self.storage)
                 jobs = queue.claim(self.factory, self.id, self.options.pack, self.options.lease_seconds)
                 if jobs:
                     self._train_pack(jobs)
@@ -100,11 +100,6 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
-
-    def _reap(self) -> None:
-        for reaped in queue.reap(self.factory):
-            if reaped.optuna_trial_id is not None:
-                abandon_trial(self.storage, reaped.optuna_trial_id, "lease expired")
 
     # -- one pack ---------------------------------------------------------------------------
     def _train_pack(self, jobs: list[ClaimedJob]) -> None:

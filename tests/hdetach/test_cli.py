@@ -147,3 +147,18 @@ def test_presets_and_submit_by_preset(tmp_path: Path):
     assert status["jobs"]["queued"] == 6
     unknown = run("submit", "--preset", "nope", "--database-url", url)
     assert unknown.returncode == 2 and "unknown preset" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["12345"], "no study with id 12345"),
+        (["1", "--watch"], "not both"),
+        (["--cpus-per-pack", "0"], "some CPUs or GPUs"),
+    ],
+)
+def test_ray_run_refuses_bad_arguments_in_one_line(tmp_path: Path, args, needle):
+    result = run("ray-run", "--database-url", f"sqlite:///{tmp_path / 'r.db'}", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr

@@ -1,0 +1,186 @@
+"""The Ray Tune engine, end to end on a local Ray (CPU), on SQLite and PostgreSQL.
+
+`hdetach ray-run` runs as a real process with its own local Ray. One drain runs two Ray studies in
+one Tune experiment: one that trains, and one whose data is missing on the Ray workers, so every
+pack fails and Tune's retries are visible as failed attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from hdetach.settings import Settings
+from hdetach.studies_app import Backend
+from studies import queue
+from studies.db.engine import make_engine, session_factory
+from studies.results import study_summary, trial_row
+from studies.spec import StudySpec
+from studies.tracking import open_storage
+from workers.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny-ray",
+    "task": {"name": "copying", "T": 3, "n_val": 16, "n_test": 16},
+    "model": {"hidden_size": 8},
+    "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+    "learning_rates": [0.001, 0.01],
+    "seeds": [1, 2],
+    "budget": {"steps": 6, "eval_every": 3, "batch_size": 4, "eval_batch_size": 16},
+    "engine": "ray",
+}
+NO_DATA = {
+    **TINY,
+    "name": "no-data",
+    "task": {"name": "pixel_mnist", "mnist_root": "/nonexistent/mnist"},
+    "learning_rates": [0.001],
+    "seeds": [1],
+}
+
+
+def ray_run(url: str, tmp_path: Any, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "hdetach", "ray-run", "--database-url", url, "--num-cpus", "2", *args]
+    env = {
+        **os.environ,
+        "HDETACH_RAY_STORAGE_PATH": str(tmp_path / "tune"),
+        "HDETACH_MAX_ATTEMPTS": "2",
+        "RAY_ADDRESS": "",
+        **(env or {}),
+    }
+    with open(tmp_path / "ray-run.log", "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(process: subprocess.Popen[str], tmp_path: Any, timeout: float = 300) -> str:
+    process.wait(timeout=timeout)
+    output = (tmp_path / "ray-run.log").read_text()
+    assert process.returncode == 0, output
+    return output
+
+
+def trials_by_cell(url: str, optuna_name: str) -> dict[int, list]:
+    storage = open_storage(url)
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(optuna_name))
+    finally:
+        storage.engine.dispose()
+    cells: dict[int, list] = {}
+    for trial in trials:
+        cells.setdefault(trial.user_attrs["cell"], []).append(trial)
+    return cells
+
+
+def summary_shape(value: Any) -> Any:
+    """The keys of a nested JSON value, with the values dropped."""
+    if isinstance(value, dict):
+        return {key: summary_shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [summary_shape(value[0])] if value else []
+    return type(value).__name__ if value is not None else "null"
+
+
+@pytest.fixture
+def factory(database_url):
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def test_ray_engine_records_results_like_the_queue(database_url, factory, tmp_path):
+    with Backend(Settings(database_url=database_url, max_attempts=2)) as backend:
+        trained = backend.submit(StudySpec.model_validate(TINY))
+        broken = backend.submit(StudySpec.model_validate(NO_DATA))
+        # the same grid for the queue engine, to compare with
+        on_queue = backend.submit(StudySpec.model_validate({**TINY, "name": "tiny-queue", "engine": "queue"}))
+
+    # queue workers leave the Ray studies alone
+    Worker(WorkerOptions(database_url=database_url, pack=4, threads=1, exit_when_idle=True)).run()
+    assert queue.get_study(factory, on_queue).status == "done"
+    assert queue.job_counts(factory, trained)["queued"] == 8
+
+    output = finish(ray_run(database_url, tmp_path, "--pack", "4"), tmp_path)
+    assert "ran 10 cells in 3 packs on Ray" in output
+
+    # the study that trained: every cell done once, by the Ray driver, with a curve in Optuna
+    study = queue.get_study(factory, trained)
+    jobs = queue.list_jobs(factory, trained)
+    assert study.status == "done"
+    assert [(j.state, j.attempts) for j in jobs] == [("done", 1)] * 8
+    assert {j.worker_id for j in jobs} == {next(iter({j.worker_id for j in jobs}))}
+    assert jobs[0].worker_id.startswith("ray-")
+    assert {json.loads(j.result_json)["device"] for j in jobs} == {"ray/cpu"}
+    cells = trials_by_cell(database_url, study.optuna_study_name)
+    assert sorted(cells) == list(range(8))
+    for trials in cells.values():
+        (trial,) = trials
+        assert trial.state.name == "COMPLETE" and trial.user_attrs["recorded"]
+        assert sorted(trial.intermediate_values) == [3, 6]
+
+    # same seeds, same training: the engines agree on the numbers, and the summaries on their shape
+    spec = StudySpec.model_validate(TINY)
+    ray_rows = [trial_row(j, spec.success.metric) for j in jobs]
+    queue_rows = [trial_row(j, spec.success.metric) for j in queue.list_jobs(factory, on_queue)]
+    for ray_row, queue_row in zip(ray_rows, queue_rows, strict=True):
+        assert (ray_row.variant, ray_row.lr, ray_row.seed) == (
+            queue_row.variant,
+            queue_row.lr,
+            queue_row.seed,
+        )
+        assert ray_row.metric == pytest.approx(queue_row.metric, abs=1e-4)
+    ray_summary = study_summary(spec, ray_rows).model_dump(mode="json")
+    queue_summary = study_summary(spec, queue_rows).model_dump(mode="json")
+    assert summary_shape(ray_summary) == summary_shape(queue_summary)
+
+    # the study whose data is missing: Tune retried once (max_attempts 2), then its jobs failed
+    jobs = queue.list_jobs(factory, broken)
+    assert [(j.state, j.attempts) for j in jobs] == [("failed", 2)] * 2
+    assert all("MNIST" in (j.last_error or "") for j in jobs)
+    assert queue.get_study(factory, broken).status == "failed"
+    for attempts in trials_by_cell(database_url, queue.get_study(factory, broken).optuna_study_name).values():
+        assert [t.user_attrs["attempt"] for t in attempts] == [1, 2]
+        assert all(t.state.name == "FAIL" and t.user_attrs["outcome"].startswith("error") for t in attempts)
+
+    # the driver registered itself and signed off
+    (driver,) = [w for w in queue.list_workers(factory) if w.id.startswith("ray-")]
+    assert (driver.device, driver.status) == ("ray:local", "stopped")
+
+
+def test_cancelling_a_ray_study_stops_its_packs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cancel.db'}"
+    long = {**TINY, "name": "long", "budget": {"steps": 5000, "eval_every": 5, "batch_size": 4}}
+    with Backend(Settings(database_url=url)) as backend:
+        study_id = backend.submit(StudySpec.model_validate(long))
+        process = ray_run(url, tmp_path, "--pack", "4", env={"HDETACH_HEARTBEAT_SECONDS": "0.5"})
+        optuna_name = queue.get_study(backend.factory, study_id).optuna_study_name
+        deadline = time.monotonic() + 120
+        while not any(
+            t.intermediate_values for trials in trials_by_cell_or_empty(url, optuna_name) for t in trials
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, (
+                tmp_path / "ray-run.log"
+            ).read_text()
+            time.sleep(0.5)
+        queue.cancel_study(backend.factory, study_id)
+        finish(process, tmp_path, timeout=120)
+        study = queue.get_study(backend.factory, study_id)
+        jobs = queue.list_jobs(backend.factory, study_id)
+    assert study.status == "cancelled"
+    assert Counter(j.state for j in jobs) == Counter({"cancelled": 8})
+    outcomes = {t.user_attrs.get("outcome") for ts in trials_by_cell(url, optuna_name).values() for t in ts}
+    assert outcomes == {"cancelled"}
+
+
+def trials_by_cell_or_empty(url: str, optuna_name: str) -> list[list]:
+    try:
+        return list(trials_by_cell(url, optuna_name).values())
+    except KeyError:  # the driver has not created the Optuna study yet
+        return []
