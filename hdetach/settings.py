@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studies.spec import SpecLimits
@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
     ray_address: str | None = None  # Ray cluster for `hdetach ray-run`; unset: RAY_ADDRESS, else a local Ray
     ray_storage_path: str | None = None  # where Ray Tune keeps its experiment state (unset: ~/ray_results)
+
+    @field_validator("ray_address", "ray_storage_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None  # `HDETACH_RAY_ADDRESS=` in an .env file means "not set"
 
     @model_validator(mode="after")
     def _no_placeholder_outside_development(self) -> Settings:

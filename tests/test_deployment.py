@@ -25,13 +25,34 @@ def env_example() -> dict[str, str]:
 
 
 def test_compose_has_the_whole_deployment():
-    assert set(SERVICES) == {"postgres", "migrate", "api", "worker", "dashboard"}
+    default = {name for name, service in SERVICES.items() if "profiles" not in service}
+    assert default == {"postgres", "migrate", "api", "worker", "dashboard"}
     assert "pgdata" in COMPOSE["volumes"] and SERVICES["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
     assert SERVICES["api"]["ports"] == ["${API_PORT:-8000}:8000"]
     assert SERVICES["dashboard"]["ports"] == ["${DASHBOARD_PORT:-8080}:8080"]
     assert SERVICES["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     gpu = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["count"] == 1 and gpu["capabilities"] == ["gpu"]
+
+
+def test_ray_profile_has_a_head_with_the_driver_and_gpu_nodes():
+    head, node = SERVICES["ray-head"], SERVICES["ray-worker"]
+    assert head["profiles"] == node["profiles"] == ["ray"]
+    assert "ray start --head --port=6379" in head["command"][-1]
+    assert "exec hdetach ray-run --watch" in head["command"][-1]
+    assert head["environment"]["HDETACH_RAY_ADDRESS"] == "auto"
+    assert (
+        head["environment"]["HDETACH_DATABASE_URL"] == SERVICES["api"]["environment"]["HDETACH_DATABASE_URL"]
+    )
+    assert node["command"] == ["ray", "start", "--address=ray-head:6379", "--block"]
+    assert node["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    gpu = node["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    help_run = subprocess.run(
+        [sys.executable, "-m", "hdetach", "ray-run", "--help"], capture_output=True, text=True, timeout=120
+    )
+    driver = head["command"][-1].split("exec ", 1)[1]
+    assert all(option in help_run.stdout for option in re.findall(r"--[a-z-]+", driver))
 
 
 def test_every_setting_is_in_env_example_and_compose_passes_them_on():
@@ -88,7 +109,7 @@ def test_dockerfiles_lint_clean_with_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint is not None
     files = sorted(str(p) for p in (ROOT / "docker").glob("*.Dockerfile"))
-    assert len(files) == 3
+    assert len(files) == 4
     result = subprocess.run(
         [hadolint, "--ignore", "DL3008", "--ignore", "DL3013", *files],
         capture_output=True,

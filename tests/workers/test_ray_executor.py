@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,29 +155,41 @@ def test_ray_engine_records_results_like_the_queue(database_url, factory, tmp_pa
     assert (driver.device, driver.status) == ("ray:local", "stopped")
 
 
-def test_cancelling_a_ray_study_stops_its_packs(tmp_path):
+def wait_for(condition: Any, process: subprocess.Popen[str], tmp_path: Any, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        log = (tmp_path / "ray-run.log").read_text()
+        assert time.monotonic() < deadline and process.poll() is None, log
+        time.sleep(0.5)
+
+
+def test_watching_driver_picks_up_studies_stops_cancelled_packs_and_sigterm(tmp_path):
+    """What the compose ray-head runs: `hdetach ray-run --watch`, stopped by SIGTERM."""
     url = f"sqlite:///{tmp_path / 'cancel.db'}"
     long = {**TINY, "name": "long", "budget": {"steps": 5000, "eval_every": 5, "batch_size": 4}}
+    env = {"HDETACH_HEARTBEAT_SECONDS": "0.5", "HDETACH_POLL_SECONDS": "0.5"}
     with Backend(Settings(database_url=url)) as backend:
-        study_id = backend.submit(StudySpec.model_validate(long))
-        process = ray_run(url, tmp_path, "--pack", "4", env={"HDETACH_HEARTBEAT_SECONDS": "0.5"})
+        process = ray_run(url, tmp_path, "--watch", "--pack", "4", env=env)
+        wait_for(
+            lambda: any(w.status == "running" for w in queue.list_workers(backend.factory)), process, tmp_path
+        )
+        study_id = backend.submit(StudySpec.model_validate(long))  # submitted while the driver watches
         optuna_name = queue.get_study(backend.factory, study_id).optuna_study_name
-        deadline = time.monotonic() + 120
-        while not any(
-            t.intermediate_values for trials in trials_by_cell_or_empty(url, optuna_name) for t in trials
-        ):
-            assert time.monotonic() < deadline and process.poll() is None, (
-                tmp_path / "ray-run.log"
-            ).read_text()
-            time.sleep(0.5)
+
+        def curves_started() -> bool:
+            return any(t.intermediate_values for ts in trials_by_cell_or_empty(url, optuna_name) for t in ts)
+
+        wait_for(curves_started, process, tmp_path)
         queue.cancel_study(backend.factory, study_id)
+        wait_for(lambda: queue.get_study(backend.factory, study_id).status == "cancelled", process, tmp_path)
+        process.send_signal(signal.SIGTERM)
         finish(process, tmp_path, timeout=120)
-        study = queue.get_study(backend.factory, study_id)
         jobs = queue.list_jobs(backend.factory, study_id)
-    assert study.status == "cancelled"
+        (driver,) = queue.list_workers(backend.factory)
     assert Counter(j.state for j in jobs) == Counter({"cancelled": 8})
     outcomes = {t.user_attrs.get("outcome") for ts in trials_by_cell(url, optuna_name).values() for t in ts}
     assert outcomes == {"cancelled"}
+    assert driver.status == "stopped"
 
 
 def trials_by_cell_or_empty(url: str, optuna_name: str) -> list[list]:
