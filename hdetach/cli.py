@@ -333,6 +333,12 @@ def ray_run(
     if gpus_per_pack == 0 and cpus_per_pack == 0:
         fail("a pack must ask for some CPUs or GPUs")
     settings = _settings(database_url)
+    from workers.ray_executor import check_address
+
+    try:
+        check_address(address or settings.ray_address)
+    except ValueError as e:
+        fail(str(e))
     if study_id is not None:
         from hdetach.studies_app import Backend
         from studies import queue

@@ -116,6 +116,16 @@ class DrainReport:
     study_ids: tuple[int, ...]
 
 
+def check_address(address: str | None) -> None:
+    """The driver must run on a node of the cluster: Tune's callbacks, which write our rows, run
+    where the experiment's controller runs, and under Ray Client (ray://) that is the head."""
+    if address and address.startswith("ray://"):
+        raise ValueError(
+            f"Ray Client addresses ({address}) are not supported: run `hdetach ray-run` on a node of "
+            "the cluster (e.g. the head) with --address auto or the head's host:6379"
+        )
+
+
 def _trial_error(trial: Any) -> str:
     """The last line of the trial's error file (the exception), or a generic message."""
     try:

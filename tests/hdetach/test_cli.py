@@ -155,6 +155,7 @@ def test_presets_and_submit_by_preset(tmp_path: Path):
         (["12345"], "no study with id 12345"),
         (["1", "--watch"], "not both"),
         (["--cpus-per-pack", "0"], "some CPUs or GPUs"),
+        (["--address", "ray://head:10001"], "Ray Client addresses"),
     ],
 )
 def test_ray_run_refuses_bad_arguments_in_one_line(tmp_path: Path, args, needle):
