@@ -43,6 +43,7 @@ class StudyOut(BaseModel):
     name: str
     status: str = Field(description="queued, running, done, cancelled or failed")
     priority: int
+    engine: str = Field(description="who runs its cells: queue workers, or a Ray driver (`hdetach ray-run`)")
     cancel_requested: bool
     optuna_study_name: str
     created_at: datetime

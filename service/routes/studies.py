@@ -58,6 +58,7 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
         name=study.name,
         status=study.status,
         priority=study.priority,
+        engine=study.engine,
         cancel_requested=study.cancel_requested,
         optuna_study_name=study.optuna_study_name,
         created_at=study.created_at,

@@ -33,11 +33,15 @@ def test_submit_run_and_read_a_study_end_to_end(server):
     study_id = study["id"]
     assert study["cells"] == 8 and study["links"]["summary"] == f"/studies/{study_id}/summary"
     assert api.get(f"/studies/{study_id}").json()["status"] == "queued"
+    on_ray = api.post("/studies", json={**SPEC, "name": "api-on-ray", "engine": "ray"}).json()
+    assert api.get(f"/studies/{on_ray['id']}").json()["engine"] == "ray"
+    assert api.delete(f"/studies/{on_ray['id']}").status_code in (200, 204)
 
     run_worker(server.database_url)
 
     info = api.get(f"/studies/{study_id}").json()
     assert info["status"] == "done" and info["progress"] == 1.0 and info["jobs"]["done"] == 8
+    assert info["engine"] == "queue"
     assert info["optuna_study_name"] == study["optuna_study_name"]
     assert [s["id"] for s in api.get("/studies", params={"status": "done"}).json()["items"]] == [study_id]
     assert api.get("/studies", params={"status": "queued"}).json()["items"] == []
