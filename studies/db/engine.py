@@ -53,7 +53,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    # No pool_pre_ping: it costs a round trip per transaction. A connection the server dropped
+    # fails its first statement instead, and run_transaction retries on a fresh one.
+    return create_engine(parsed, **kwargs)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -93,15 +95,36 @@ def session_scope(factory: sessionmaker[Session], readonly: bool = False) -> Ite
         session.close()
 
 
+def is_transient(exc: DBAPIError) -> bool:
+    """A deadlock victim, a serialisation failure, or a pooled connection the server had dropped."""
+    return getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES or exc.connection_invalidated
+
+
+def run_core_transaction(
+    factory: sessionmaker[Session], work: Callable[[Connection], T], attempts: int = 3
+) -> T:
+    """Like `run_transaction`, on a bare Connection: for the queue's hot paths, which run Core
+    statements only and so need none of the Session's bookkeeping."""
+    engine: Engine = factory.kw["bind"]
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3) -> T:
-    """`work(session)` in one transaction, run again if PostgreSQL aborts it as a deadlock victim."""
+    """`work(session)` in one transaction, run again if PostgreSQL aborts it as a deadlock victim
+    or the pooled connection turns out to be dead (server restarted: the pool is then invalidated)."""
     for attempt in range(1, attempts + 1):
         try:
             with session_scope(factory) as session:
                 return work(session)
         except DBAPIError as exc:
-            sqlstate = getattr(exc.orig, "sqlstate", None)
-            if sqlstate not in _TRANSIENT_SQLSTATES or attempt == attempts:
+            if not is_transient(exc) or attempt == attempts:
                 raise
     raise AssertionError("unreachable")
 

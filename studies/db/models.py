@@ -105,7 +105,12 @@ class Base(DeclarativeBase):
 
 class Study(Base):
     __tablename__ = "hd_studies"
-    __table_args__ = (_one_of("status", StudyStatus), _one_of("engine", Engine))
+    # ids are never reused, even on SQLite after a delete: claims cache what they learn per id
+    __table_args__ = (
+        _one_of("status", StudyStatus),
+        _one_of("engine", Engine),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -127,7 +132,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "cell_index", name="uq_hd_jobs_study_cell"),
         Index("ix_hd_jobs_state_priority", "state", "priority"),
-        Index("ix_hd_jobs_study_state", "study_id", "state"),
+        # a claim takes a study's oldest queued jobs: (study_id, state, id) hands them over in order
+        Index("ix_hd_jobs_study_state_id", "study_id", "state", "id"),
         _one_of("state", JobState),
     )
 

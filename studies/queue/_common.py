@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from studies.db.models import Job, JobState, Study, StudyStatus, as_utc, utcnow
+
+# Core tables for the hot paths (claim, complete): no ORM unit of work, no per-row objects.
+JOBS = cast(Table, Job.__table__)
+STUDIES = cast(Table, Study.__table__)
 
 FINISHED_STUDY = frozenset({StudyStatus.DONE, StudyStatus.CANCELLED, StudyStatus.FAILED})
 
@@ -38,26 +43,36 @@ def state_counts(session: Session, study_id: int) -> dict[str, int]:
     return counts
 
 
-def _may_be_last(session: Session, study_id: int) -> bool:
-    """False while the study still has queued jobs: whoever ends the last of them settles it.
+def queued_or_cancelling(study_id: Any) -> Any:
+    """Whether a study may have just ended its last job: nothing of it queued, or a cancel asked.
 
-    This keeps the study row lock (below) off the hot path: only the jobs that end at the tail
-    of a study, when nothing is left queued, serialise on it.
+    While jobs are queued, whoever ends the last of them settles the study; this one indexed
+    lookup keeps the study row lock (in settle_study) off the hot path, so only the jobs that end
+    at the tail of a study serialise on it.
     """
-    queued = select(Job.id).where(Job.study_id == study_id, Job.state == JobState.QUEUED).limit(1)
-    return session.scalar(queued) is None or bool(
-        session.scalar(select(Study.cancel_requested).where(Study.id == study_id))
+    queued = (
+        select(JOBS.c.id)
+        .where(JOBS.c.study_id == study_id, JOBS.c.state == JobState.QUEUED)
+        .limit(1)
+        .exists()
     )
+    cancelling = select(STUDIES.c.cancel_requested).where(STUDIES.c.id == study_id).scalar_subquery()
+    return or_(~queued, cancelling.is_(True)).label("may_be_last")
 
 
-def settle_study(session: Session, study_id: int, now: datetime) -> None:
+_MAY_BE_LAST = select(queued_or_cancelling(bindparam("b_study")))
+
+
+def settle_study(session: Session, study_id: int, now: datetime, may_be_last: bool | None = None) -> None:
     """Finish the study once none of its jobs is running or (unless cancelled) queued.
 
     Its status becomes cancelled if a cancel was requested, failed if every job failed, else done.
     Call it after changing a job's state, in the same transaction: the row lock makes two jobs
     ending at once agree on which of them was the last.
     """
-    if not _may_be_last(session, study_id):
+    if may_be_last is None:
+        may_be_last = bool(session.execute(_MAY_BE_LAST, {"b_study": study_id}).scalar())
+    if not may_be_last:
         return
     study = lock_study(session, study_id)
     if study is None or study.status in FINISHED_STUDY:

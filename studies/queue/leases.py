@@ -11,18 +11,18 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_transaction
-from studies.db.models import Job, JobState, Study, Worker
-from studies.queue._common import resolve_now, settle_study
+from studies.db.models import Job, JobState, Study, UTCDateTime, Worker
+from studies.queue._common import JOBS, queued_or_cancelling, resolve_now, settle_study
 from studies.queue._types import HeartbeatReply, ReapedJob
 from studies.queue.retry import RetryPolicy
 
 
-def _held(job_id: int, token: str) -> Any:
-    return (Job.id == job_id) & (Job.lease_token == token) & (Job.state == JobState.RUNNING)
+def _held(job_id: Any, token: Any) -> Any:
+    return (JOBS.c.id == job_id) & (JOBS.c.lease_token == token) & (JOBS.c.state == JobState.RUNNING)
 
 
 def _lock_held(session: Session, job_id: int, token: str) -> tuple[Job, bool] | None:
@@ -88,7 +88,9 @@ def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, tr
     """Record the Optuna trial of the current attempt; False if the lease is no longer held."""
 
     def work(session: Session) -> bool:
-        statement = update(Job).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(Job.id)
+        statement = (
+            update(JOBS).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(JOBS.c.id)
+        )
         return session.scalars(statement).first() is not None
 
     return run_transaction(factory, work)
@@ -103,14 +105,32 @@ def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: s
 
     def work(session: Session) -> int | None:
         statement = (
-            update(Job)
+            update(JOBS)
             .where(_held(job_id, token))
-            .values(attempts=Job.attempts + 1, last_error=error, optuna_trial_id=None)
-            .returning(Job.attempts)
+            .values(attempts=JOBS.c.attempts + 1, last_error=error, optuna_trial_id=None)
+            .returning(JOBS.c.attempts)
         )
         return session.scalars(statement).first()
 
     return run_transaction(factory, work)
+
+
+_COMPLETE = (
+    update(JOBS)
+    .where(_held(bindparam("b_job"), bindparam("b_token")))
+    .values(
+        state=JobState.DONE,
+        result_json=bindparam("b_result"),
+        finished_at=bindparam("b_now", type_=UTCDateTime),
+        lease_token=None,
+        lease_expires_at=None,
+    )
+    .returning(JOBS.c.study_id)
+)
+# PostgreSQL: the same UPDATE as a CTE, with settle_study's first question asked in the same round
+# trip (a CTE's sub-selects see the table as it was before the UPDATE: this job was running).
+_done = _COMPLETE.cte("done")
+_COMPLETE_AND_ASK = select(_done.c.study_id, queued_or_cancelling(_done.c.study_id))
 
 
 def complete(
@@ -124,19 +144,16 @@ def complete(
     now = resolve_now(now)
     result_json = json.dumps(result)
 
+    params = {"b_job": job_id, "b_token": token, "b_result": result_json, "b_now": now}
+
     def work(session: Session) -> bool:
-        study_id = session.scalars(
-            update(Job)
-            .where(_held(job_id, token))
-            .values(
-                state=JobState.DONE,
-                result_json=result_json,
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.study_id)
-        ).first()
+        if session.get_bind().dialect.name == "postgresql":
+            row = session.execute(_COMPLETE_AND_ASK, params).first()
+            if row is None:
+                return False
+            settle_study(session, row.study_id, now, may_be_last=row.may_be_last)
+            return True
+        study_id = session.execute(_COMPLETE, params).scalar()
         if study_id is None:
             return False
         settle_study(session, study_id, now)
