@@ -22,7 +22,7 @@ from studies.spec import StudySpec
 
 
 def claimer(url: str, pack: int, start: mp.Event, counts: mp.Queue) -> None:  # type: ignore[type-arg]
-    factory = session_factory(make_engine(url))
+    factory = session_factory(make_engine(url, pool_pre_ping=False))  # as a worker's
     worker_id = f"bench-{uuid.uuid4().hex[:8]}"
     done = 0
     start.wait()

@@ -142,7 +142,7 @@ class RayDriver:
         self.options = options
         self.id = f"ray-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         upgrade(options.database_url)
-        self.engine = make_engine(options.database_url)
+        self.engine = make_engine(options.database_url, pool_pre_ping=False)  # queue ops retry instead
         self.factory = session_factory(self.engine)
         self.storage = open_storage(options.database_url)
         self.stop_requested = threading.Event()

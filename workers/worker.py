@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sqlalchemy.exc import DBAPIError
 
 from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
@@ -50,7 +51,7 @@ class Worker:
         self.options = options
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         upgrade(options.database_url)
-        self.engine = make_engine(options.database_url)
+        self.engine = make_engine(options.database_url, pool_pre_ping=False)  # queue ops retry instead
         self.factory = session_factory(self.engine)
         self.storage = open_storage(options.database_url)
         self.stop_requested = threading.Event()
@@ -69,8 +70,13 @@ class Worker:
         self.leases.start()
         try:
             while not self.stop_requested.is_set():
-                reap_expired(self.factory, self.storage)
-                jobs = queue.claim(self.factory, self.id, self.options.pack, self.options.lease_seconds)
+                try:
+                    reap_expired(self.factory, self.storage)
+                    jobs = queue.claim(self.factory, self.id, self.options.pack, self.options.lease_seconds)
+                except DBAPIError as error:  # e.g. the server restarting: wait, then ask again
+                    log.warning("database unavailable (%s); retrying", error.orig)
+                    self.stop_requested.wait(self.options.poll_seconds)
+                    continue
                 if jobs:
                     self._train_pack(jobs)
                     self.packs_done += 1

@@ -49,13 +49,14 @@ def normalise_url(url: str | URL) -> str:
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
+        kwargs.pop("pool_pre_ping", None)  # a file: nothing to ping
         engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    # No pool_pre_ping: it costs a round trip per transaction. A connection the server dropped
-    # fails its first statement instead, and run_transaction retries on a fresh one.
-    return create_engine(parsed, **kwargs)
+    # pool_pre_ping costs a round trip per transaction; the queue's processes turn it off, since
+    # their transactions retry on a fresh connection when the server had dropped the pooled one.
+    return create_engine(parsed, **{"pool_pre_ping": True, **kwargs})
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

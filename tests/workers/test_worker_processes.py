@@ -111,3 +111,42 @@ def test_sigkilled_worker_loses_nothing(database_url, factory):
     assert len(killed) == 2 and all(
         t.state.name == "FAIL" and t.user_attrs["outcome"] == "lease expired" for t in killed
     )
+
+
+@pytest.mark.postgres
+def test_worker_survives_the_server_dropping_its_connections():
+    """After pg_terminate_backend (as in a server restart), the idle worker reconnects and works on."""
+    import threading
+
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN, _drop_postgres_database, _fresh_postgres_database
+    from workers.worker import Worker, WorkerOptions
+
+    name, url = _fresh_postgres_database()
+    worker = Worker(
+        WorkerOptions(database_url=url, pack=4, threads=1, poll_seconds=0.2, heartbeat_seconds=0.2)
+    )
+    thread = threading.Thread(target=worker.run)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not queue.list_workers(worker.factory):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # a few idle claims, so the pool holds connections
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+        assert dropped is not None and dropped[0] > 0
+        with Backend(Settings(database_url=url)) as backend:
+            study_id = backend.submit(StudySpec.model_validate({**TINY, "name": "after-drop"}))
+            while queue.get_study(backend.factory, study_id).status != "done":
+                assert time.monotonic() < deadline + 60 and thread.is_alive()
+                time.sleep(0.2)
+        assert thread.is_alive()
+    finally:
+        worker.stop_requested.set()
+        thread.join(timeout=60)
+        _drop_postgres_database(name)
