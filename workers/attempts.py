@@ -7,7 +7,10 @@ study's database rows and Optuna trials look the same whichever engine ran it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,9 +19,17 @@ from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies import queue
+from studies.db.engine import make_engine, session_factory, upgrade
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
-from studies.tracking import abandon_trial, create_optuna_study, record_result, report, start_trial
+from studies.tracking import (
+    abandon_trial,
+    create_optuna_study,
+    open_storage,
+    record_result,
+    report,
+    start_trial,
+)
 from studies.training import TrialRecord
 
 log = logging.getLogger("hdetach.leases")
@@ -101,6 +112,23 @@ class LeaseKeeper:
                 self.beat_once()
             except Exception:  # a database hiccup must not kill the executor; the next beat retries
                 log.exception("heartbeat failed")
+
+
+class Executor:
+    """What every executor holds: an id, the database, Optuna's storage, its leases, a stop flag."""
+
+    def __init__(self, database_url: str, id_prefix: str, lease_seconds: float, heartbeat_seconds: float):
+        self.id = f"{id_prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        upgrade(database_url)
+        self.engine = make_engine(database_url, pool_pre_ping=False)  # queue operations retry instead
+        self.factory = session_factory(self.engine)
+        self.storage = open_storage(database_url)
+        self.stop_requested = threading.Event()
+        self.leases = LeaseKeeper(self.factory, self.id, lease_seconds, heartbeat_seconds)
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+        self.engine.dispose()
 
 
 @dataclass

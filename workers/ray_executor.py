@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +31,10 @@ import ray
 from ray import tune
 
 from studies import queue
-from studies.db.engine import make_engine, session_factory, upgrade
 from studies.db.models import Engine
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
-from studies.tracking import open_storage
-from workers.attempts import LeaseKeeper, PackAttempt, reap_expired
+from workers.attempts import Executor, PackAttempt, reap_expired
 
 log = logging.getLogger("hdetach.ray")
 
@@ -135,34 +132,26 @@ def _trial_error(trial: Any) -> str:
         return "trial failed on Ray"
 
 
-class RayDriver:
+class RayDriver(Executor):
     """Claims jobs for Ray, runs them as Tune experiments, and records what they report."""
 
     def __init__(self, options: RayOptions):
+        super().__init__(options.database_url, "ray-", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
-        self.id = f"ray-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        upgrade(options.database_url)
-        self.engine = make_engine(options.database_url, pool_pre_ping=False)  # queue ops retry instead
-        self.factory = session_factory(self.engine)
-        self.storage = open_storage(options.database_url)
-        self.stop_requested = threading.Event()
-        self.leases = LeaseKeeper(self.factory, self.id, options.lease_seconds, options.heartbeat_seconds)
 
     def __enter__(self) -> RayDriver:
+        address = self.options.address or os.environ.get("RAY_ADDRESS") or None
+        check_address(address)
         ray.init(
-            address=self.options.address,
-            num_cpus=self.options.num_cpus
-            if not (self.options.address or os.environ.get("RAY_ADDRESS"))
-            else None,
+            address=address,
+            num_cpus=None if address else self.options.num_cpus,
             include_dashboard=False,
             ignore_reinit_error=True,
             log_to_driver=False,
             configure_logging=False,
         )
-        device = f"ray:{self.options.address or os.environ.get('RAY_ADDRESS') or 'local'}"
-        queue.register_worker(
-            self.factory, self.id, socket.gethostname(), os.getpid(), device, self.options.pack
-        )
+        host, pack = socket.gethostname(), self.options.pack
+        queue.register_worker(self.factory, self.id, host, os.getpid(), f"ray:{address or 'local'}", pack)
         self.leases.start()
         return self
 
@@ -171,8 +160,7 @@ class RayDriver:
         self.leases.stop()
         queue.worker_stopped(self.factory, self.id)
         ray.shutdown()
-        self.storage.engine.dispose()
-        self.engine.dispose()
+        self.close()
 
     # -- what to run ------------------------------------------------------------------------
     def claim_all(self, study_id: int | None) -> list[list[ClaimedJob]]:

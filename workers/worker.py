@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +22,10 @@ import torch
 from sqlalchemy.exc import DBAPIError
 
 from studies import queue
-from studies.db.engine import make_engine, session_factory, upgrade
 from studies.db.models import Engine
 from studies.queue import ClaimedJob
-from studies.tracking import open_storage
 from studies.training import PackTrainer
-from workers.attempts import LeaseKeeper, PackAttempt, reap_expired
+from workers.attempts import Executor, PackAttempt, reap_expired
 
 log = logging.getLogger("hdetach.worker")
 
@@ -46,16 +43,10 @@ class WorkerOptions:
     exit_when_idle: bool = False  # stop when the queue is empty instead of polling
 
 
-class Worker:
+class Worker(Executor):
     def __init__(self, options: WorkerOptions):
+        super().__init__(options.database_url, "", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        upgrade(options.database_url)
-        self.engine = make_engine(options.database_url, pool_pre_ping=False)  # queue ops retry instead
-        self.factory = session_factory(self.engine)
-        self.storage = open_storage(options.database_url)
-        self.stop_requested = threading.Event()
-        self.leases = LeaseKeeper(self.factory, self.id, options.lease_seconds, options.heartbeat_seconds)
         self.packs_done = 0
         self.training_seconds = 0.0  # inside PackTrainer.run: the rest of the wall time is overhead
 
@@ -91,8 +82,7 @@ class Worker:
             self.leases.stop()
             self.stop_requested.set()
             queue.worker_stopped(self.factory, self.id)
-            self.storage.engine.dispose()
-            self.engine.dispose()
+            self.close()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
