@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -110,6 +111,38 @@ def run_core_transaction(
     for attempt in range(1, attempts + 1):
         try:
             with engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+_autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+
+
+def autocommit_engine(engine: Engine) -> Engine:
+    """A sibling engine whose pooled connections stay in autocommit mode (switching a pooled
+    connection there and back at every checkout costs more than the statement); disposed with
+    `engine`."""
+    sibling = _autocommit_engines.get(engine)
+    if sibling is None:
+        sibling = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+        event.listen(engine, "engine_disposed", lambda _: sibling.dispose())
+        _autocommit_engines[engine] = sibling
+    return sibling
+
+
+def run_autocommit(factory: sessionmaker[Session], work: Callable[[Connection], T], attempts: int = 3) -> T:
+    """`work` with every statement its own transaction (PostgreSQL autocommit): no BEGIN and COMMIT
+    round trips. Only for work each of whose statements leaves the database consistent alone.
+    SQLite: one transaction, as `run_core_transaction` (there a round trip costs nothing)."""
+    engine: Engine = factory.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        return run_core_transaction(factory, work, attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            with autocommit_engine(engine).connect() as connection:
                 return work(connection)
         except DBAPIError as exc:
             if not is_transient(exc) or attempt == attempts:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Row, Select, String, Update, bindparam, exist
 from sqlalchemy import Engine as SAEngine
 from sqlalchemy.orm import Session, sessionmaker
 
-from studies.db.engine import run_core_transaction
+from studies.db.engine import run_autocommit
 from studies.db.models import Engine, JobState, StudyStatus, UTCDateTime
 from studies.queue._common import JOBS, STUDIES, resolve_now
 from studies.queue._types import ClaimedJob
@@ -200,7 +200,9 @@ def claim(
             return [], {}
         return rows, _studies_of(connection, {row.study_id for row in rows}, now)
 
-    rows, studies = run_core_transaction(factory, work)
+    # Each statement of a claim is safe alone (PostgreSQL runs them in autocommit): leased rows
+    # that never reach this worker, should it die in between, come back through the reaper.
+    rows, studies = run_autocommit(factory, work)
     if studies and factory.kw["bind"].dialect.name == "postgresql":
         _known_running.setdefault(factory.kw["bind"], {}).update(studies)
     return [

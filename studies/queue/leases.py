@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from studies.db.engine import run_transaction
-from studies.db.models import Job, JobState, Study, UTCDateTime, Worker
-from studies.queue._common import JOBS, queued_or_cancelling, resolve_now, settle_study
+from studies.db.engine import run_autocommit, run_transaction
+from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker
+from studies.queue._common import JOBS, STUDIES, queued_or_cancelling, resolve_now, settle_study
 from studies.queue._types import HeartbeatReply, ReapedJob
 from studies.queue.retry import RetryPolicy
 
@@ -145,14 +145,19 @@ def complete(
     result_json = json.dumps(result)
 
     params = {"b_job": job_id, "b_token": token, "b_result": result_json, "b_now": now}
+    if factory.kw["bind"].dialect.name == "postgresql":
+        # One autocommitted statement; the study is settled in a transaction of its own only when
+        # this may have been its last job (the reaper settles it, should this process die between).
+        row = run_autocommit(
+            factory, lambda connection: connection.execute(_COMPLETE_AND_ASK, params).first()
+        )
+        if row is None:
+            return False
+        if row.may_be_last:
+            run_transaction(factory, lambda session: settle_study(session, row.study_id, now))
+        return True
 
     def work(session: Session) -> bool:
-        if session.get_bind().dialect.name == "postgresql":
-            row = session.execute(_COMPLETE_AND_ASK, params).first()
-            if row is None:
-                return False
-            settle_study(session, row.study_id, now, may_be_last=row.may_be_last)
-            return True
         study_id = session.execute(_COMPLETE, params).scalar()
         if study_id is None:
             return False
@@ -216,6 +221,14 @@ def cancel_job(factory: sessionmaker[Session], job_id: int, token: str, now: dat
     return run_transaction(factory, work)
 
 
+_live_job = exists().where(
+    JOBS.c.study_id == STUDIES.c.id, JOBS.c.state.in_([JobState.QUEUED, JobState.RUNNING])
+)
+_UNSETTLED = select(STUDIES.c.id).where(
+    STUDIES.c.status.in_([StudyStatus.QUEUED, StudyStatus.RUNNING]), ~_live_job.correlate(STUDIES)
+)
+
+
 def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[ReapedJob]:
     """Running jobs whose lease has expired: back to the queue, or failed after `max_attempts`."""
     now = resolve_now(now)
@@ -233,7 +246,9 @@ def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[Re
             decision = RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested)
             reaped.append(ReapedJob(job.id, job.study_id, job.worker_id, job.optuna_trial_id, decision.state))
             _end_attempt(job, decision.state, now, f"lease expired (worker {job.worker_id})")
-        for study_id in sorted({job.study_id for job in reaped}):
+        # and studies left unsettled by a process that died between completing and settling
+        unsettled = set(session.scalars(_UNSETTLED))
+        for study_id in sorted({job.study_id for job in reaped} | unsettled):
             settle_study(session, study_id, now)
         return reaped
 
