@@ -3,14 +3,18 @@
 One iteration = forward, loss, backward, gradient clipping (1.0) and an Adam step, at the paper's
 shapes. Implementations are timed round-robin (one iteration each, in turn) so that a noisy
 shared machine slows them alike; the table shows medians. Packed rows give the cost per trial.
+On a CPU, "ours" is timed twice: with the compiled recurrence (C++) and with the Python one
+(HDETACH_LSTM_KERNEL=cpp / python); packed rows use the default (auto).
 
-    python benchmarks/bench_lstm.py [--device cuda] [--repeats 7] [--out benchmarks/results/lstm_cpu.json]
+    python benchmarks/bench_lstm.py [--device cuda] [--repeats 7] [--packs 1 8] [--shapes "pixel MNIST"]
+        [--out benchmarks/results/lstm_cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from studies import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm
+from studies.lstm._cpp import KERNEL_ENV
 from studies.packed import PackedAdam, PackedLinear, clip_grad_norm_per_model
 
 
@@ -49,7 +54,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def single_model_step(shape: Shape, kind: str, device: torch.device) -> Callable[[], None]:
-    """One training iteration of one model: 'nn.LSTM', 'detach loop' or 'ours'."""
+    """One training iteration of one model: 'nn.LSTM', 'detach loop', 'ours' or 'ours (C++ / python)'."""
     lstm = (
         nn.LSTM(1, shape.hidden)
         if kind == "nn.LSTM"
@@ -75,7 +80,26 @@ def single_model_step(shape: Shape, kind: str, device: torch.device) -> Callable
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
+    if "(" in kind:  # ours with a given recurrence kernel
+        return with_kernel("cpp" if "C++" in kind else "python", step)
     return step
+
+
+def with_kernel(choice: str, step: Callable[[], None]) -> Callable[[], None]:
+    """step run with HDETACH_LSTM_KERNEL set to choice (read at every forward)."""
+
+    def run() -> None:
+        before = os.environ.get(KERNEL_ENV)
+        os.environ[KERNEL_ENV] = choice
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ[KERNEL_ENV]
+            else:
+                os.environ[KERNEL_ENV] = before
+
+    return run
 
 
 def packed_step(shape: Shape, K: int, device: torch.device) -> Callable[[], None]:
@@ -122,7 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--packs", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--packs", type=int, nargs="*", default=[1, 8, 32], help="K of packed rows; none: no rows"
+    )
     parser.add_argument("--shapes", nargs="+", default=[s.name for s in SHAPES])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--max-gb", type=float, default=6.0, help="skip packs whose activations exceed this")
@@ -131,8 +157,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for shape in (s for s in SHAPES if s.name in args.shapes):
+        ours = ("ours (C++)", "ours (python)") if device.type == "cpu" else ("ours",)
         steps: dict[str, Callable[[], None]] = {
-            kind: single_model_step(shape, kind, device) for kind in ("nn.LSTM", "detach loop", "ours")
+            kind: single_model_step(shape, kind, device) for kind in ("nn.LSTM", "detach loop", *ours)
         }
         for K in args.packs:
             # forward keeps gates, h, c, tanh(c); backward adds d_pre and dc/dh: about 14 floats per unit
@@ -168,7 +195,7 @@ def main() -> None:
 
 def _print_table(shape: Shape, rows: list[dict]) -> None:
     by_impl = {r["impl"]: r for r in rows}
-    loop, ref, ours = (by_impl[k]["ms_per_trial_iter"] for k in ("detach loop", "nn.LSTM", "ours"))
+    loop, ref = (by_impl[k]["ms_per_trial_iter"] for k in ("detach loop", "nn.LSTM"))
     k1 = by_impl.get("ours packed K=1", {}).get("ms_per_trial_iter")
     print(f"\n{shape.name}: T={shape.steps}, B={shape.batch}, H={shape.hidden}, p={shape.p_detach}")
     print(
@@ -178,7 +205,6 @@ def _print_table(shape: Shape, rows: list[dict]) -> None:
         t = r["ms_per_trial_iter"]
         speedup_k1 = f"{k1 / t:10.2f}" if k1 and r["K"] > 1 else f"{'':10}"
         print(f"{r['impl']:<20}{r['ms_per_iter']:10.1f}{t:10.1f}{loop / t:11.2f}{ref / t:14.2f}{speedup_k1}")
-    del ours
 
 
 if __name__ == "__main__":

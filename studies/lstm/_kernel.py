@@ -11,6 +11,11 @@ too. The conversion from nn.LSTM's (i, f, g, o) happens at the boundary, inside 
 The backward pass runs the masked recurrence itself: at a step whose h_{t-1} is blocked the
 recurrent GEMM is skipped (or, with a mask on an accelerator, multiplied by zero so that nothing
 is read back to the host), and the weight gradients are one batched GEMM over all steps.
+
+On CPU float32/float64 tensors both recurrences, and the input-side work around them, run in C++
+(csrc/hdetach_cpu.cpp; _cpp.py builds it and reads HDETACH_LSTM_KERNEL, with this module's Python
+as the fallback). forward_recurrence and backward_recurrence below are its reference, and the path
+taken on accelerators.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from studies.lstm._cpp import compiled_ops, uses_cpp
 
 Tensor = torch.Tensor
 
@@ -36,18 +43,100 @@ class StepMask:
     keep: (T, K) tensor on the compute device, 1 where the gradient flows.
     host: per step, "all", "none" or "mixed" blocked, known on the host; None when the mask lives
     on an accelerator, where reading it would synchronise at every step.
+    blocked_host: the (T, K) bool mask itself when it is on the host (the C++ path reads it), else None.
     """
 
     def __init__(self, blocked: Tensor, dtype: torch.dtype, device: torch.device):
         self.keep = (~blocked).to(device=device, dtype=dtype)  # (T, K)
         self.host: list[str] | None = None
+        self.blocked_host: Tensor | None = None
         if blocked.device.type == "cpu":
+            self.blocked_host = blocked
             K = blocked.shape[1]
             n_blocked = blocked.sum(dim=1).tolist()
             self.host = ["all" if n == K else "none" if n == 0 else "mixed" for n in n_blocked]
 
     def state(self, t: int) -> str:
         return "mixed" if self.host is None else self.host[t]
+
+
+def forward_recurrence(act: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward recurrence in Python, as csrc/hdetach_cpu.cpp runs it on CPUs.
+
+    act: (K, T, B, 4H) pre-activations of the input projection, overwritten step by step with the
+    gates. Returns h and c, (K, T + 1, B, H) with the initial state at step 0, and tanh(c) (K, T, B, H).
+    """
+    K, T, B, _ = act.shape
+    H = w_hh.shape[-1]
+    h = act.new_empty(K, T + 1, B, H)
+    c = act.new_empty(K, T + 1, B, H)
+    tanh_c = act.new_empty(K, T, B, H)
+    h[:, 0] = h0
+    c[:, 0] = c0
+    minus_one = act.new_tensor(-1.0)
+    w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
+    for t in range(T):
+        a = act[:, t]  # (K, B, 4H)
+        a.baddbmm_(h[:, t], w_hh_t)
+        a.sigmoid_()
+        o, i, f, g = a.split(H, dim=-1)
+        torch.add(minus_one, g, alpha=2, out=g)  # tanh of the unscaled pre-activation
+        c_next = c[:, t + 1]
+        torch.mul(f, c[:, t], out=c_next)
+        c_next.addcmul_(i, g)
+        torch.tanh(c_next, out=tanh_c[:, t])
+        torch.mul(o, tanh_c[:, t], out=h[:, t + 1])
+    return h, c, tanh_c
+
+
+def backward_recurrence(
+    act: Tensor,  # (K, T, B, 4H) gates
+    c: Tensor,  # (K, T + 1, B, H)
+    tanh_c: Tensor,  # (K, T, B, H)
+    w_hh: Tensor,  # (K, 4H, H)
+    grad_out: Tensor,  # (K, T, B, H)
+    grad_hn: Tensor | None,  # (K, B, H)
+    grad_cn: Tensor | None,  # (K, B, H)
+    mask: StepMask | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The masked backward recurrence in Python, as csrc/hdetach_cpu.cpp runs it on CPUs.
+
+    Returns d_pre (K, T, B, 4H), the gradient of every step's pre-activations, and the gradients of h0 and c0.
+    """
+    K, T, B, _ = act.shape
+    H = w_hh.shape[-1]
+    o, i, f, g = act.split(H, dim=-1)  # each (K, T, B, H)
+    one, half = act.new_tensor(1.0), act.new_tensor(0.5)
+
+    # Local derivatives for all steps at once, written in place (large temporaries cost page
+    # faults on a CPU). d_pre[:, t] = local * (dh_t for o; dc_t for i, f, g) afterwards.
+    d_pre = torch.empty_like(act)  # (K, T, B, 4H)
+    d_o, d_i, d_f, d_g = d_pre.split(H, dim=-1)
+    torch.addcmul(o, o, o, value=-1, out=d_o).mul_(tanh_c)  # tanh(c) * o (1 - o)
+    torch.addcmul(i, i, i, value=-1, out=d_i).mul_(g)  # g * i (1 - i)
+    torch.addcmul(f, f, f, value=-1, out=d_f).mul_(c[:, :-1])  # c_{t-1} * f (1 - f)
+    torch.addcmul(half, g, g, value=-0.5, out=d_g).mul_(i)  # i * d tanh(x) / d(2x)
+    dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)  # o (1 - tanh(c)^2)
+
+    dh = grad_out[:, T - 1] if grad_hn is None else grad_out[:, T - 1] + grad_hn
+    dc_carry = grad_cn if grad_cn is not None else act.new_zeros(K, B, H)
+    grad_h0 = act.new_zeros(K, B, H)
+    for t in range(T - 1, -1, -1):
+        dc = torch.addcmul(dc_carry, dh, dc_from_dh[:, t])
+        d_pre_t = d_pre[:, t]  # (K, B, 4H)
+        d_pre_t[..., H:].unflatten(-1, (3, H)).mul_(dc.unsqueeze(2))
+        d_pre_t[..., :H].mul_(dh)
+        dc_carry = dc * f[:, t]
+        state = "none" if mask is None else mask.state(t)
+        if state == "all":
+            dh = grad_out[:, t - 1] if t > 0 else grad_h0
+            continue
+        prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
+        if t > 0:
+            dh = torch.baddbmm(grad_out[:, t - 1], prev, w_hh)
+        else:
+            grad_h0 = torch.bmm(prev, w_hh)
+    return d_pre, grad_h0, dc_carry
 
 
 class FusedHDetachLayer(torch.autograd.Function):
@@ -67,35 +156,23 @@ class FusedHDetachLayer(torch.autograd.Function):
         w_hh: Tensor,  # (K, 4H, H), internal gate order
         bias: Tensor | None,  # (K, 4H) = b_ih + b_hh, internal gate order
         mask: StepMask | None,
+        use_cpp: bool = False,  # run the recurrences in C++ (CPU float32/float64 tensors)
     ) -> tuple[Tensor, Tensor, Tensor]:
         K, T, B, _ = x.shape
         H = w_hh.shape[-1]
-        # Input projection for all steps in one GEMM per model: (K, T*B, I) @ (K, I, 4H).
-        x_k = x.reshape(K, T * B, -1)
-        if bias is not None:
-            xg = torch.baddbmm(bias.unsqueeze(1), x_k, w_ih.transpose(1, 2))
+        if use_cpp:  # the whole layer, input projection included
+            act, h, c, tanh_c = compiled_ops().recurrence_forward(x, w_ih, bias, h0, c0, w_hh)
         else:
-            xg = torch.bmm(x_k, w_ih.transpose(1, 2))
-        act = xg.view(K, T, B, 4 * H)  # pre-activations, overwritten step by step with the gates
-        h = x.new_empty(K, T + 1, B, H)
-        c = x.new_empty(K, T + 1, B, H)
-        tanh_c = x.new_empty(K, T, B, H)
-        h[:, 0] = h0
-        c[:, 0] = c0
-        minus_one = x.new_tensor(-1.0)
-        w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
-        for t in range(T):
-            a = act[:, t]  # (K, B, 4H)
-            a.baddbmm_(h[:, t], w_hh_t)
-            a.sigmoid_()
-            o, i, f, g = a.split(H, dim=-1)
-            torch.add(minus_one, g, alpha=2, out=g)  # tanh of the unscaled pre-activation
-            c_next = c[:, t + 1]
-            torch.mul(f, c[:, t], out=c_next)
-            c_next.addcmul_(i, g)
-            torch.tanh(c_next, out=tanh_c[:, t])
-            torch.mul(o, tanh_c[:, t], out=h[:, t + 1])
+            # Input projection for all steps in one GEMM per model: (K, T*B, I) @ (K, I, 4H).
+            x_k = x.reshape(K, T * B, -1)
+            if bias is not None:
+                xg = torch.baddbmm(bias.unsqueeze(1), x_k, w_ih.transpose(1, 2))
+            else:
+                xg = torch.bmm(x_k, w_ih.transpose(1, 2))
+            act = xg.view(K, T, B, 4 * H)  # pre-activations, overwritten with the gates
+            h, c, tanh_c = forward_recurrence(act, h0, c0, w_hh)
         ctx.mask = mask
+        ctx.use_cpp = use_cpp
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, w_ih, w_hh, h, c, tanh_c, act)
         return h[:, 1:], h[:, T].clone(), c[:, T].clone()
@@ -109,51 +186,39 @@ class FusedHDetachLayer(torch.autograd.Function):
         H = w_hh.shape[-1]
         if grad_out is None:
             grad_out = x.new_zeros(K, T, B, H)
-        o, i, f, g = act.split(H, dim=-1)  # each (K, T, B, H)
-        one, half = x.new_tensor(1.0), x.new_tensor(0.5)
-
-        # Local derivatives for all steps at once, written in place (large temporaries cost page
-        # faults on a CPU). d_pre[:, t] = local * (dh_t for o; dc_t for i, f, g) afterwards.
-        d_pre = torch.empty_like(act)  # (K, T, B, 4H)
-        d_o, d_i, d_f, d_g = d_pre.split(H, dim=-1)
-        torch.addcmul(o, o, o, value=-1, out=d_o).mul_(tanh_c)  # tanh(c) * o (1 - o)
-        torch.addcmul(i, i, i, value=-1, out=d_i).mul_(g)  # g * i (1 - i)
-        torch.addcmul(f, f, f, value=-1, out=d_f).mul_(c[:, :-1])  # c_{t-1} * f (1 - f)
-        torch.addcmul(half, g, g, value=-0.5, out=d_g).mul_(i)  # i * d tanh(x) / d(2x)
-        dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)  # o (1 - tanh(c)^2)
-
-        dh = grad_out[:, T - 1] if grad_hn is None else grad_out[:, T - 1] + grad_hn
-        dc_carry = grad_cn if grad_cn is not None else torch.zeros_like(h[:, 0])
-        grad_h0 = torch.zeros_like(h[:, 0])
-        for t in range(T - 1, -1, -1):
-            dc = torch.addcmul(dc_carry, dh, dc_from_dh[:, t])
-            d_pre_t = d_pre[:, t]  # (K, B, 4H)
-            d_pre_t[..., H:].unflatten(-1, (3, H)).mul_(dc.unsqueeze(2))
-            d_pre_t[..., :H].mul_(dh)
-            dc_carry = dc * f[:, t]
-            state = "none" if mask is None else mask.state(t)
-            if state == "all":
-                dh = grad_out[:, t - 1] if t > 0 else grad_h0
-                continue
-            prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
-            if t > 0:
-                dh = torch.baddbmm(grad_out[:, t - 1], prev, w_hh)
-            else:
-                grad_h0 = torch.bmm(prev, w_hh)
+        need = ctx.needs_input_grad
+        if ctx.use_cpp:  # which also sums the bias gradient, and w_ih's for small inputs, on the way
+            d_pre, grad_h0, grad_c0, summed_grad_bias, summed_grad_w_ih = compiled_ops().recurrence_backward(
+                act,
+                c,
+                tanh_c,
+                w_hh,
+                grad_out,
+                x.new_zeros(K, B, H) if grad_hn is None else grad_hn,
+                x.new_zeros(K, B, H) if grad_cn is None else grad_cn,
+                None if mask is None else mask.blocked_host,
+                x if need[3] else None,
+            )
+        else:
+            d_pre, grad_h0, grad_c0 = backward_recurrence(
+                act, c, tanh_c, w_hh, grad_out, grad_hn, grad_cn, mask
+            )
+            summed_grad_bias = summed_grad_w_ih = None
 
         # Weight gradients: one GEMM over all steps. W_hh gets its gradient at blocked steps too.
         d_pre_k = d_pre.view(K, T * B, 4 * H)
-        need = ctx.needs_input_grad
         grad_x = grad_w_ih = grad_w_hh = grad_bias = None
         if need[0]:
             grad_x = torch.bmm(d_pre_k, w_ih).view(K, T, B, -1)
         if need[3]:
-            grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), x.reshape(K, T * B, -1))
+            grad_w_ih = summed_grad_w_ih
+            if grad_w_ih is None:
+                grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), x.reshape(K, T * B, -1))
         if need[4]:
             grad_w_hh = torch.bmm(d_pre_k.transpose(1, 2), h[:, :T].reshape(K, T * B, H))
         if ctx.has_bias and need[5]:
-            grad_bias = d_pre_k.sum(dim=1)
-        return grad_x, grad_h0, dc_carry, grad_w_ih, grad_w_hh, grad_bias, None
+            grad_bias = d_pre_k.sum(dim=1) if summed_grad_bias is None else summed_grad_bias
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, None, None
 
 
 def model_chunk_size(K: int, device: torch.device) -> int:
@@ -181,6 +246,7 @@ def packed_lstm_layers(
     """
     K, H = x.shape[1], h0.shape[-1]
     chunk = model_chunk_size(K, x.device)
+    use_cpp = uses_cpp(x)
     outs, h_ns, c_ns = [], [], []
     for start in range(0, K, chunk):
         models = slice(start, start + chunk)
@@ -197,6 +263,7 @@ def packed_lstm_layers(
                 to_internal_order(w_hh[models], H),
                 bias,
                 mask,
+                use_cpp,
             )
             h_n.append(h_last)
             c_n.append(c_last)

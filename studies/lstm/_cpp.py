@@ -1,0 +1,123 @@
+"""The compiled CPU recurrence (csrc/hdetach_cpu.cpp): built on first use, Python path as fallback.
+
+``HDETACH_LSTM_KERNEL`` picks the implementation of a layer's recurrences on CPU float32/float64
+tensors: ``auto`` (default) uses the compiled one when it builds and falls back to the Python loops
+with one logged warning when it does not (no compiler, say); ``cpp`` requires it and raises when it
+cannot be built; ``python`` never builds it. Other tensors (CUDA, other dtypes) always take the
+Python path, on accelerators with its masks kept on the device. The build (about 20 s, once) goes to
+torch's extensions directory, ``TORCH_EXTENSIONS_DIR`` if set; scripts/setup runs it ahead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+KERNEL_ENV = "HDETACH_LSTM_KERNEL"
+KERNEL_CHOICES = ("auto", "cpp", "python")
+EXTENSION_NAME = "hdetach_lstm_cpu"
+SOURCE_DIR = Path(__file__).parent / "csrc"
+# -fno-trapping-math lets the compiler if-convert, hence vectorise, the clamps in exp: it only
+# forgoes floating-point exception flags, no value changes (unlike -ffast-math). No -march: the
+# AVX2 variant is chosen at run time (see the .cpp), so the build runs on any CPU. -fopenmp:
+# at::parallel_for hands batch slices to torch's own OpenMP threads (the same libgomp.so.1).
+CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp"]
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{KERNEL_ENV} must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
+    return choice
+
+
+@functools.cache
+def _build() -> tuple[Any, BaseException | None]:
+    """Compile (or reuse) and load the extension, once per process: (ops, None) or (None, error)."""
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:
+        try:  # the PyPI ninja package (a dependency) lives in the venv's bin/, maybe not on PATH
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    try:
+        # pytest turns warnings into errors, and a compiler notice must not break a run: log them.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cpp_extension.load(
+                name=EXTENSION_NAME,
+                sources=[str(SOURCE_DIR / "hdetach_cpu.cpp")],
+                extra_cflags=CFLAGS,
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+                verbose=False,
+            )
+        for w in caught:
+            log.info("building %s: %s", EXTENSION_NAME, w.message)
+        return torch.ops.hdetach_lstm, None
+    except Exception as error:
+        return None, error
+
+
+def cpp_ops() -> Any | None:
+    """The compiled ops (``recurrence_forward``, ``recurrence_backward``) if the choice allows and they build.
+
+    With ``cpp`` a build failure raises; with ``auto`` it is logged once and None is returned.
+    """
+    choice = kernel_choice()
+    if choice == "python":
+        return None
+    ops, error = _build()
+    if error is not None:
+        if choice == "cpp":
+            raise RuntimeError(f"{KERNEL_ENV}=cpp but the CPU extension could not be built") from error
+        _warn_fallback(error)
+    return ops
+
+
+def compiled_ops() -> Any:
+    """The ops namespace, for callers that uses_cpp() has sent down the C++ path."""
+    ops, error = _build()
+    if ops is None:
+        raise RuntimeError("the h-detach LSTM's CPU extension could not be built") from error
+    return ops
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a build error (the full compiler output can run to pages)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+@functools.cache
+def _warn_fallback(error: BaseException) -> None:
+    log.warning("h-detach LSTM: C++ CPU kernel unavailable (%s); using the Python recurrence", _reason(error))
+    log.debug("C++ CPU kernel build failure", exc_info=error)
+
+
+def prebuild() -> None:
+    """Build the extension ahead of its first use (scripts/setup), whatever HDETACH_LSTM_KERNEL says."""
+    _, error = _build()
+    if error is None:
+        print("h-detach LSTM: C++ CPU kernel ready")
+    else:
+        print(f"h-detach LSTM: C++ CPU kernel unavailable ({_reason(error)}); the Python path will be used")
+
+
+def uses_cpp(x: torch.Tensor) -> bool:
+    """Whether the recurrence over tensors like x runs in C++: CPU float32/float64, and the choice allows."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    return cpp_ops() is not None
