@@ -538,3 +538,17 @@ def test_upgrade_keeps_the_studies_of_an_older_schema(backend: str, tmp_path: Pa
                 connection.execute(text("UPDATE hd_studies SET engine = 'spark'"))
         finally:
             engine.dispose()
+
+
+def test_the_reaper_settles_a_study_whose_last_completion_was_not_followed_by_settling(
+    factory: sessionmaker[Session],
+) -> None:
+    """On PostgreSQL a completion and the settling of its study are two transactions; a process
+    dying between them leaves every job ended and the study running, until the reaper passes."""
+    study_id = queue.submit_study(factory, make_spec())
+    with factory.begin() as session:  # what that dead process left behind
+        session.execute(text("UPDATE hd_jobs SET state = 'done' WHERE study_id = :s"), {"s": study_id})
+        session.execute(text("UPDATE hd_studies SET status = 'running' WHERE id = :s"), {"s": study_id})
+    assert queue.get_study(factory, study_id).status == "running"
+    assert queue.reap(factory, now=T0) == []
+    assert queue.get_study(factory, study_id).status == "done"
