@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pack", type=int, default=40, help="largest pack (trials per packed run)")
     parser.add_argument("--sequential-trials", type=int, default=40, help="time this many one-after-another")
+    parser.add_argument("--repeats", type=int, default=3, help="arms alternate; medians are reported")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     config = TrainingConfig(
@@ -63,9 +65,12 @@ def main() -> None:
         config.model_copy(update={"steps": 1, "eval_every": 1}), trials[:2], args.device
     ).run()  # warm-up
     n_seq = min(args.sequential_trials, len(trials))
-    seq_s = timed(config, [[t] for t in trials[:n_seq]], args.device)
     packs = [trials[i : i + args.pack] for i in range(0, len(trials), args.pack)]
-    packed_s = timed(config, packs, args.device)
+    seq_runs, packed_runs = [], []
+    for _ in range(args.repeats):  # alternating, so drifting machine load hits both arms alike
+        seq_runs.append(timed(config, [[t] for t in trials[:n_seq]], args.device))
+        packed_runs.append(timed(config, packs, args.device))
+    seq_s, packed_s = statistics.median(seq_runs), statistics.median(packed_runs)
     rows = {
         "one after another": {"trials": n_seq, "seconds": seq_s, "trials_per_hour": 3600 * n_seq / seq_s},
         f"packed (K={args.pack})": {
@@ -82,7 +87,13 @@ def main() -> None:
     print(f"packed / one after another: {ratio:.2f}x")
     out = args.out or Path(__file__).parent / "results" / f"pack_{torch.device(args.device).type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"device": args.device, "steps": args.steps, "threads": torch.get_num_threads(), "rows": rows}
+    result = {
+        "device": args.device,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "seconds_runs": {"one after another": seq_runs, "packed": packed_runs},
+    }
     out.write_text(json.dumps(result | {"ratio": ratio}, indent=2))
     print(f"wrote {out}")
 

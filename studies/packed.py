@@ -39,7 +39,18 @@ class PackedLinear(nn.Module):
         return packed
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.matmul(x, self.weight.transpose(1, 2)) + self.bias.unsqueeze(1)  # (..., K, B, out)
+        """x: (K, B, in) or (T, K, B, in) -> (..., K, B, out).
+
+        One batched GEMM per model: (T, K, B, in) is handled model-major, (K, T*B, in), which is
+        free for the LSTM's output (a transposed view of model-major storage). A broadcasting
+        matmul over (T, K) would run T*K small GEMMs instead.
+        """
+        weight_t, bias = self.weight.transpose(1, 2), self.bias.unsqueeze(1)
+        if x.dim() == 3:
+            return torch.baddbmm(bias, x, weight_t)
+        T, K, B, _ = x.shape
+        model_major = x.transpose(0, 1).reshape(K, T * B, -1)
+        return torch.baddbmm(bias, model_major, weight_t).view(K, T, B, -1).transpose(0, 1)
 
 
 def _per_model(values: Tensor, like: Tensor) -> Tensor:

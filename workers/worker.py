@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from studies import queue
 from studies.db.models import Engine
+from studies.packed import PackedAdam
 from studies.queue import ClaimedJob
 from studies.training import PackTrainer
 from workers.attempts import Executor, PackAttempt, reap_expired
@@ -47,6 +48,9 @@ class Worker(Executor):
     def __init__(self, options: WorkerOptions):
         super().__init__(options.database_url, "", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
+        # torch's first optimizer imports torch._dynamo (over a second): pay it here, at start-up,
+        # not inside the first pack.
+        PackedAdam([torch.zeros(1, requires_grad=True)], [0.0])
         self.packs_done = 0
         self.training_seconds = 0.0  # inside PackTrainer.run: the rest of the wall time is overhead
 

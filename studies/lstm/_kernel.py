@@ -221,14 +221,16 @@ class FusedHDetachLayer(torch.autograd.Function):
         return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, None, None
 
 
-def model_chunk_size(K: int, device: torch.device) -> int:
+def model_chunk_size(K: int, device: torch.device, compiled: bool) -> int:
     """How many packed models one kernel call handles.
 
-    On a GPU, all K: the batched GEMMs fill the device. On a CPU, one: a single model's per-step
-    working set stays in cache, and packing K at once measured slower per model than one by one
-    (benchmarks/bench_lstm.py); the pack still saves the trainer's per-step work around the LSTM.
+    All K on a GPU (the batched GEMMs fill the device) and with the compiled CPU kernel (its
+    threads split the batch and run all steps without meeting; a 40-trial pack measured 1.15x
+    the trials per hour of one after another, benchmarks/bench_pack.py). One on the Python CPU
+    path: there a single model's per-step working set stays in cache, and all K at once measured
+    slower per model (benchmarks/bench_lstm.py).
     """
-    return K if device.type != "cpu" else 1
+    return K if device.type != "cpu" or compiled else 1
 
 
 def packed_lstm_layers(
@@ -245,8 +247,8 @@ def packed_lstm_layers(
     Returns output (T, K, B, H) (a view of model-major storage), h_n and c_n (L, K, B, H).
     """
     K, H = x.shape[1], h0.shape[-1]
-    chunk = model_chunk_size(K, x.device)
     use_cpp = uses_cpp(x)
+    chunk = model_chunk_size(K, x.device, use_cpp)
     outs, h_ns, c_ns = [], [], []
     for start in range(0, K, chunk):
         models = slice(start, start + chunk)
