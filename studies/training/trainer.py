@@ -152,9 +152,9 @@ class PackTrainer:
         self.model.train()
         losses = task.losses(self.model(x, mask), y)  # (K,)
         loss_values = losses.detach().cpu().tolist()
-        for k, value in enumerate(loss_values):
-            if self.active[k] and not math.isfinite(value):
-                self._mark_diverged(k)
+        diverged = [k for k, value in enumerate(loss_values) if self.active[k] and not math.isfinite(value)]
+        for k in diverged:
+            self._mark_diverged(k)
         active = torch.tensor(self.active, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
@@ -164,6 +164,8 @@ class PackTrainer:
                     p.grad.masked_fill_(~active.view(-1, *[1] * (p.dim() - 1)), 0.0)
         clip_grad_norm_per_model(self.model.parameters(), self.max_norm)
         self.optimizer.step()
+        for k in diverged:  # after backward: the graph still holds views of these parameters
+            self._reset_model(k)
         self.step += 1
         for k, value in enumerate(loss_values):
             if self.active[k]:
@@ -182,6 +184,9 @@ class PackTrainer:
         record = self.records[k]
         record.status, record.diverged_at = "diverged", self.step + 1
         self._deactivate(k)
+
+    def _reset_model(self, k: int) -> None:
+        """Zero a diverged model and its Adam moments, so its NaNs never reach the rest of the pack."""
         self.model.reset_model(k)
         for state in self.optimizer.state.values():
             for key in ("exp_avg", "exp_avg_sq"):
