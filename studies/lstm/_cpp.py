@@ -10,11 +10,15 @@ torch's extensions directory, ``TORCH_EXTENSIONS_DIR`` if set; scripts/setup run
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
 import shutil
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +56,22 @@ def _build() -> tuple[Any, BaseException | None]:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
+    build_dir = build_directory()
     try:
+        build_dir.mkdir(parents=True, exist_ok=True)
         # pytest turns warnings into errors, and a compiler notice must not break a run: log them.
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _exclusive(build_dir):
             warnings.simplefilter("always")
+            # torch's own build lock is a plain file: a process killed while loading (a SIGKILLed
+            # worker) leaves it behind, and every later load would wait on it forever. Under our
+            # flock, which dies with its process, any such file is stale.
+            (build_dir / "lock").unlink(missing_ok=True)
             cpp_extension.load(
                 name=EXTENSION_NAME,
                 sources=[str(SOURCE_DIR / "hdetach_cpu.cpp")],
                 extra_cflags=CFLAGS,
                 extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,
             )
@@ -69,6 +80,26 @@ def _build() -> tuple[Any, BaseException | None]:
         return torch.ops.hdetach_lstm, None
     except Exception as error:
         return None, error
+
+
+def build_directory() -> Path:
+    """Where the extension is built: torch's extensions root (TORCH_EXTENSIONS_DIR), one folder
+    per Python and torch version."""
+    from torch.utils import cpp_extension
+
+    version = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    return Path(cpp_extension.get_default_build_root()) / f"{EXTENSION_NAME}-{version}"
+
+
+@contextmanager
+def _exclusive(build_dir: Path) -> Iterator[None]:
+    """One loader at a time per build directory, across processes; released if its holder dies."""
+    with open(build_dir / "hdetach.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
 
 
 def cpp_ops() -> Any | None:

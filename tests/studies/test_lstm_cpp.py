@@ -268,3 +268,27 @@ def test_backward_twice_with_retained_graph(monkeypatch):
     once = model.weight_hh_l0.grad.clone()
     loss.backward()
     assert torch.allclose(model.weight_hh_l0.grad, 2 * once, rtol=0, atol=TOL)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_a_lock_left_by_a_killed_loader_does_not_hang_the_next_one():
+    """torch's build lock is a plain file; a worker SIGKILLed while loading the extension leaves it.
+    The next process must load anyway (before the fix it waited on it forever)."""
+    import subprocess
+    import sys
+
+    _cpp._build()  # built, so the child only loads
+    stale = _cpp.build_directory() / "lock"
+    stale.write_text("")
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from studies.lstm import _cpp; ops, error = _cpp._build(); assert error is None",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    assert not stale.exists()
