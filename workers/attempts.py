@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from optuna.storages import RDBStorage
@@ -146,7 +147,7 @@ class PackAttempt:
     device: str
     trial_ids: dict[int, int] = field(default_factory=dict)  # job id -> Optuna trial id
 
-    @property
+    @cached_property
     def spec(self) -> StudySpec:
         return StudySpec.model_validate_json(self.jobs[0].spec_json)
 

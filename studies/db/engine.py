@@ -11,7 +11,7 @@ A `session_scope(..., readonly=True)` begins with a plain BEGIN: in WAL mode it 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "hd_alembic_version"  # Optuna's own Alembic history lives in `alembic_version`
@@ -102,20 +103,27 @@ def is_transient(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES or exc.connection_invalidated
 
 
+def _retrying(
+    attempts: int, open_scope: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]
+) -> T:
+    """`work` in a fresh scope (transaction or connection), again while the failure is transient."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with open_scope() as handle:
+                return work(handle)
+        except DBAPIError as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_core_transaction(
     factory: sessionmaker[Session], work: Callable[[Connection], T], attempts: int = 3
 ) -> T:
     """Like `run_transaction`, on a bare Connection: for the queue's hot paths, which run Core
     statements only and so need none of the Session's bookkeeping."""
     engine: Engine = factory.kw["bind"]
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as connection:
-                return work(connection)
-        except DBAPIError as exc:
-            if not is_transient(exc) or attempt == attempts:
-                raise
-    raise AssertionError("unreachable")
+    return _retrying(attempts, engine.begin, work)
 
 
 _autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
@@ -140,27 +148,13 @@ def run_autocommit(factory: sessionmaker[Session], work: Callable[[Connection], 
     engine: Engine = factory.kw["bind"]
     if engine.dialect.name == "sqlite":
         return run_core_transaction(factory, work, attempts)
-    for attempt in range(1, attempts + 1):
-        try:
-            with autocommit_engine(engine).connect() as connection:
-                return work(connection)
-        except DBAPIError as exc:
-            if not is_transient(exc) or attempt == attempts:
-                raise
-    raise AssertionError("unreachable")
+    return _retrying(attempts, autocommit_engine(engine).connect, work)
 
 
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3) -> T:
     """`work(session)` in one transaction, run again if PostgreSQL aborts it as a deadlock victim
     or the pooled connection turns out to be dead (server restarted: the pool is then invalidated)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with session_scope(factory) as session:
-                return work(session)
-        except DBAPIError as exc:
-            if not is_transient(exc) or attempt == attempts:
-                raise
-    raise AssertionError("unreachable")
+    return _retrying(attempts, lambda: session_scope(factory), work)
 
 
 def alembic_config(url: str | URL) -> Config:

@@ -63,16 +63,14 @@ def queued_or_cancelling(study_id: Any) -> Any:
 _MAY_BE_LAST = select(queued_or_cancelling(bindparam("b_study")))
 
 
-def settle_study(session: Session, study_id: int, now: datetime, may_be_last: bool | None = None) -> None:
+def settle_study(session: Session, study_id: int, now: datetime) -> None:
     """Finish the study once none of its jobs is running or (unless cancelled) queued.
 
     Its status becomes cancelled if a cancel was requested, failed if every job failed, else done.
     Call it after changing a job's state, in the same transaction: the row lock makes two jobs
     ending at once agree on which of them was the last.
     """
-    if may_be_last is None:
-        may_be_last = bool(session.execute(_MAY_BE_LAST, {"b_study": study_id}).scalar())
-    if not may_be_last:
+    if not session.execute(_MAY_BE_LAST, {"b_study": study_id}).scalar():
         return
     study = lock_study(session, study_id)
     if study is None or study.status in FINISHED_STUDY:
