@@ -10,7 +10,9 @@ trials without it. Optuna's pruners are never consulted: in a robustness grid a 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -19,6 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import event
 
+from studies import optuna_rows
 from studies.db.engine import normalise_url
 from studies.spec import GridCell, StudySpec
 
@@ -73,49 +76,85 @@ def _distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
     }
 
 
-def start_trial(
-    storage: RDBStorage, study_name: str, spec: StudySpec, cell: GridCell, attrs: dict[str, Any]
-) -> int:
-    """A new RUNNING trial for one attempt at `cell`; returns its trial id.
-
-    Params and attributes go in with the trial, in one transaction (a template trial), not one
-    transaction each."""
+def _new_trial(spec: StudySpec, cell: GridCell, attrs: Mapping[str, Any]) -> optuna_rows.NewTrial:
     distributions = _distributions(spec)
-    template = optuna.trial.create_trial(
-        state=TrialState.RUNNING,
+    return optuna_rows.NewTrial(
         params={name: getattr(cell, name) for name in distributions},
-        distributions=dict(distributions),
+        distributions=distributions,
         user_attrs={"cell": cell.index, **attrs},
     )
-    return storage.create_new_trial(storage.get_study_id_from_name(study_name), template_trial=template)
 
 
-def report(storage: RDBStorage, trial_id: int, step: int, value: float) -> None:
-    if math.isfinite(value):
-        storage.set_trial_intermediate_value(trial_id, step, value)
+def start_trials(
+    storage: RDBStorage,
+    study_name: str,
+    spec: StudySpec,
+    starts: Sequence[tuple[GridCell, Mapping[str, Any]]],
+) -> list[int]:
+    """A new RUNNING trial for each (cell, attrs) attempt, in one transaction; their trial ids."""
+    study_id = storage.get_study_id_from_name(study_name)
+    trials = [_new_trial(spec, cell, attrs) for cell, attrs in starts]
+    if optuna_rows.supported(storage):
+        return optuna_rows.start_trials(storage, study_id, trials)
+    # Optuna's API: one transaction per trial (a template trial carries its params and attrs)
+    return [
+        storage.create_new_trial(
+            study_id,
+            template_trial=optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params=dict(t.params),
+                distributions=dict(t.distributions),
+                user_attrs=dict(t.user_attrs),
+            ),
+        )
+        for t in trials
+    ]
 
 
-def record_result(storage: RDBStorage, trial_id: int, metric: str, result: dict[str, Any]) -> None:
-    """Close the trial that recorded the cell's result."""
-    for key in ("status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "device"):
-        if key in result:
-            storage.set_trial_user_attr(trial_id, key, result[key])
-    storage.set_trial_user_attr(trial_id, "recorded", True)
+def report_values(storage: RDBStorage, values: Iterable[tuple[int, int, float]]) -> None:
+    """(trial id, step, value) learning-curve points; non-finite values and ended trials are skipped."""
+    finite = [(trial_id, step, value) for trial_id, step, value in values if math.isfinite(value)]
+    if optuna_rows.supported(storage):
+        optuna_rows.add_intermediate_values(storage, finite)
+        return
+    for trial_id, step, value in finite:
+        with contextlib.suppress(RuntimeError):  # the trial already ended (e.g. reaped)
+            storage.set_trial_intermediate_value(trial_id, step, value)
+
+
+_OUTCOME_KEYS = ("status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "device")
+
+
+def result_closing(trial_id: int, metric: str, result: Mapping[str, Any]) -> optuna_rows.Closing:
+    """How the trial that recorded a cell's result ends: COMPLETE with the final metric, or FAIL
+    (diverged, or no finite final value), with the outcome as user attrs."""
+    attrs = {key: result[key] for key in _OUTCOME_KEYS if key in result} | {"recorded": True}
     value = result.get("final", {}).get(metric)
     if result.get("status") == "diverged" or value is None or not math.isfinite(value):
-        storage.set_trial_user_attr(
-            trial_id, "outcome", "diverged" if result.get("status") == "diverged" else "no value"
-        )
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    else:
-        storage.set_trial_user_attr(trial_id, "outcome", result.get("status", "completed"))
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+        attrs["outcome"] = "diverged" if result.get("status") == "diverged" else "no value"
+        return optuna_rows.Closing(trial_id, TrialState.FAIL, None, attrs)
+    attrs["outcome"] = result.get("status", "completed")
+    return optuna_rows.Closing(trial_id, TrialState.COMPLETE, float(value), attrs)
 
 
-def abandon_trial(storage: RDBStorage, trial_id: int, outcome: str) -> None:
-    """Close an attempt that recorded nothing (killed, released, cancelled, or reported too late)."""
-    try:
-        storage.set_trial_user_attr(trial_id, "outcome", outcome)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except RuntimeError:  # already finished (e.g. by the reaper): nothing to do
-        pass
+def abandon_closing(trial_id: int, outcome: str) -> optuna_rows.Closing:
+    """An attempt that recorded nothing (killed, released, cancelled, or reported too late)."""
+    return optuna_rows.Closing(trial_id, TrialState.FAIL, None, {"outcome": outcome})
+
+
+def close_trials(storage: RDBStorage, closings: Sequence[optuna_rows.Closing]) -> list[bool]:
+    """End trials (one transaction where supported); False for one that had already ended."""
+    if optuna_rows.supported(storage):
+        return optuna_rows.close_trials(storage, closings)
+    closed = []
+    for closing in closings:
+        try:
+            for key, value in closing.user_attrs.items():
+                storage.set_trial_user_attr(closing.trial_id, key, value)
+            values = None if closing.value is None else [closing.value]
+            storage.set_trial_state_values(closing.trial_id, closing.state, values)
+        except RuntimeError:  # already finished (e.g. by the reaper)
+            closed.append(False)
+        else:
+            closed.append(True)
+    return closed

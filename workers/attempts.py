@@ -24,12 +24,13 @@ from studies.db.engine import make_engine, session_factory, upgrade
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
 from studies.tracking import (
-    abandon_trial,
+    abandon_closing,
+    close_trials,
     create_optuna_study,
     open_storage,
-    record_result,
-    report,
-    start_trial,
+    report_values,
+    result_closing,
+    start_trials,
 )
 from studies.training import TrialRecord
 
@@ -40,9 +41,10 @@ RECORDED = frozenset({"completed", "succeeded", "diverged"})  # trainer statuses
 
 def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> None:
     """Hand expired leases back to the queue and close their abandoned Optuna trials."""
-    for reaped in queue.reap(factory):
-        if reaped.optuna_trial_id is not None:
-            abandon_trial(storage, reaped.optuna_trial_id, "lease expired")
+    reaped = queue.reap(factory)
+    close_trials(
+        storage, [abandon_closing(r.optuna_trial_id, "lease expired") for r in reaped if r.optuna_trial_id]
+    )
 
 
 class LeaseKeeper:
@@ -158,66 +160,88 @@ class PackAttempt:
         ]
 
     def open(self) -> None:
-        """Start one RUNNING Optuna trial per job and remember it on the job row."""
-        for job, cell in zip(self.jobs, self.cells(), strict=True):
-            spec = StudySpec.model_validate_json(job.spec_json)
-            create_optuna_study(self.storage, job.optuna_study_name, spec, job.study_id)  # idempotent
-            attrs = {
-                "attempt": job.attempt,
-                "worker": self.worker_id,
-                "device": self.device,
-                "job_id": job.job_id,
-            }
-            trial_id = start_trial(self.storage, job.optuna_study_name, spec, cell, attrs)
-            self.trial_ids[job.job_id] = trial_id
-            queue.set_optuna_trial(self.factory, job.job_id, job.lease_token, trial_id)
+        """Start one RUNNING Optuna trial per job (one transaction) and remember it on the job row."""
+        spec, first = self.spec, self.jobs[0]  # a pack is one study's jobs
+        create_optuna_study(self.storage, first.optuna_study_name, spec, first.study_id)  # idempotent
+        starts = [
+            (
+                cell,
+                {
+                    "attempt": job.attempt,
+                    "worker": self.worker_id,
+                    "device": self.device,
+                    "job_id": job.job_id,
+                },
+            )
+            for job, cell in zip(self.jobs, self.cells(), strict=True)
+        ]
+        trial_ids = start_trials(self.storage, first.optuna_study_name, spec, starts)
+        self.trial_ids = {job.job_id: trial_id for job, trial_id in zip(self.jobs, trial_ids, strict=True)}
+        queue.set_optuna_trials(
+            self.factory, [(job.job_id, job.lease_token, self.trial_ids[job.job_id]) for job in self.jobs]
+        )
 
-    def report(self, k: int, point: dict[str, Any], metric: str) -> None:
-        value = point.get(f"val_{metric}")
-        if value is not None:
-            report(self.storage, self.trial_ids[self.jobs[k].job_id], int(point["step"]), value)
+    def report(self, points: dict[int, dict[str, Any]], metric: str) -> None:
+        """One evaluation's curve points (pack position -> point) as intermediate values."""
+        values = [
+            (self.trial_ids[self.jobs[k].job_id], int(point["step"]), point[f"val_{metric}"])
+            for k, point in points.items()
+            if point.get(f"val_{metric}") is not None
+        ]
+        report_values(self.storage, values)
 
     def settle(self, records: Sequence[TrialRecord | dict[str, Any]]) -> None:
-        """Record each job's outcome exactly once, or give the job back; records in job order."""
-        metric = self.spec.success.metric
-        for job, record in zip(self.jobs, records, strict=True):
-            self._settle_one(job, record if isinstance(record, dict) else record.to_dict(), metric)
+        """Record each job's outcome exactly once, or give the job back; records in job order.
 
-    def _settle_one(self, job: ClaimedJob, record: dict[str, Any], metric: str) -> None:
+        The queue decides job by job; their Optuna trials are then closed in one transaction."""
+        metric = self.spec.success.metric
+        closings = []
+        for job, record in zip(self.jobs, records, strict=True):
+            outcome = self._settle_one(job, record if isinstance(record, dict) else record.to_dict())
+            if job.job_id in self.trial_ids:
+                trial_id = self.trial_ids[job.job_id]
+                if isinstance(outcome, dict):
+                    closings.append(result_closing(trial_id, metric, outcome))
+                else:
+                    closings.append(abandon_closing(trial_id, outcome))
+        close_trials(self.storage, closings)
+
+    def _settle_one(self, job: ClaimedJob, record: dict[str, Any]) -> dict[str, Any] | str:
+        """Settle the job in the queue; returns the recorded result, or why its trial is abandoned."""
         token, status = job.lease_token, record["status"]
         if status in RECORDED:
             result = record | {"device": self.device, "worker": self.worker_id, "attempt": job.attempt}
-            if queue.complete(self.factory, job.job_id, token, result):
-                record_result(self.storage, self.trial_ids[job.job_id], metric, result)
-            else:
-                self.abandon_one(job, "late report rejected")
-        elif status == "cancelled":
+            return (
+                result if queue.complete(self.factory, job.job_id, token, result) else "late report rejected"
+            )
+        if status == "cancelled":
             queue.cancel_job(self.factory, job.job_id, token)
-            self.abandon_one(job, "cancelled")
-        elif status == "lost":
-            self.abandon_one(job, "lease lost")
-        else:  # interrupted by a stop request: it will run again
-            queue.release(self.factory, job.job_id, token, "worker stopped")
-            self.abandon_one(job, "released (worker stopping)")
+            return "cancelled"
+        if status == "lost":
+            return "lease lost"
+        # interrupted by a stop request: it will run again
+        queue.release(self.factory, job.job_id, token, "worker stopped")
+        return "released (worker stopping)"
 
     def fail(self, message: str) -> None:
         """The attempt raised: each job is queued again, or failed for good after max_attempts."""
         for job in self.jobs:
             queue.fail(self.factory, job.job_id, job.lease_token, message)
-            self.abandon_one(job, f"error: {message[:200]}")
+        self.abandon(f"error: {message[:200]}")
 
-    def abandon_one(self, job: ClaimedJob, outcome: str) -> None:
-        """Close the job's trial of this attempt, if one was opened."""
-        if job.job_id in self.trial_ids:
-            abandon_trial(self.storage, self.trial_ids[job.job_id], outcome)
+    def abandon(self, outcome: str) -> None:
+        """Close this attempt's trials, those that were opened, as recording nothing."""
+        close_trials(
+            self.storage, [abandon_closing(trial_id, outcome) for trial_id in self.trial_ids.values()]
+        )
 
     def next_attempt(self, error: str) -> PackAttempt:
         """This attempt failed but the jobs stay held (the executor retries them itself): close its
         trials and count a new attempt for each job (one no longer held keeps its number: nothing it
         reports will be recorded)."""
+        self.abandon(f"error: {error[:200]}")
         jobs = []
         for job in self.jobs:
-            self.abandon_one(job, f"error: {error[:200]}")
             attempt = queue.retry_held(self.factory, job.job_id, job.lease_token, error)
             jobs.append(job if attempt is None else replace(job, attempt=attempt))
         return PackAttempt(self.factory, self.storage, jobs, self.worker_id, self.device)

@@ -65,7 +65,7 @@ def train_pack(config: dict[str, Any]) -> None:
         evals.clear()
         return False  # Tune stops the trial itself (see _Bridge.should_stop)
 
-    records = trainer.run(on_eval=evals.__setitem__, should_stop=report_evaluation)
+    records = trainer.run(on_eval=evals.update, should_stop=report_evaluation)
     tune.report(
         {
             "step": trainer.step,
@@ -257,8 +257,8 @@ class _Bridge(tune.Callback):
         if DEVICE_KEY in result:
             pack.attempt.device = f"ray/{result[DEVICE_KEY]}"
         metric = pack.attempt.spec.success.metric
-        for k, point in json.loads(result.get(EVALS_KEY, "{}")).items():
-            pack.attempt.report(int(k), point, metric)
+        points = json.loads(result.get(EVALS_KEY, "{}"))
+        pack.attempt.report({int(k): point for k, point in points.items()}, metric)
         if RECORDS_KEY in result:
             pack.records = json.loads(result[RECORDS_KEY])
 

@@ -15,6 +15,9 @@ import socket
 import threading
 import time
 import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +26,6 @@ from sqlalchemy.exc import DBAPIError
 
 from studies import queue
 from studies.db.models import Engine
-from studies.packed import PackedAdam
 from studies.queue import ClaimedJob
 from studies.training import PackTrainer
 from workers.attempts import Executor, PackAttempt, reap_expired
@@ -48,11 +50,10 @@ class Worker(Executor):
     def __init__(self, options: WorkerOptions):
         super().__init__(options.database_url, "", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
-        # torch's first optimizer imports torch._dynamo (over a second): pay it here, at start-up,
-        # not inside the first pack.
-        PackedAdam([torch.zeros(1, requires_grad=True)], [0.0])
         self.packs_done = 0
-        self.training_seconds = 0.0  # inside PackTrainer.run: the rest of the wall time is overhead
+        # Where the time goes, in seconds: "training" is inside PackTrainer.run less the time its
+        # callbacks spend writing learning curves ("reporting"); the rest of the wall time is overhead.
+        self.seconds: defaultdict[str, float] = defaultdict(float)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -66,8 +67,11 @@ class Worker(Executor):
         try:
             while not self.stop_requested.is_set():
                 try:
-                    reap_expired(self.factory, self.storage)
-                    jobs = queue.claim(self.factory, self.id, self.options.pack, self.options.lease_seconds)
+                    with self._timed("claiming"):
+                        reap_expired(self.factory, self.storage)
+                        jobs = queue.claim(
+                            self.factory, self.id, self.options.pack, self.options.lease_seconds
+                        )
                 except DBAPIError as error:  # e.g. the server restarting: wait, then ask again
                     log.warning("database unavailable (%s); retrying", error.orig)
                     self.stop_requested.wait(self.options.poll_seconds)
@@ -102,29 +106,46 @@ class Worker(Executor):
         signal.signal(signal.SIGINT, handle)
 
     # -- one pack ---------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
     def _train_pack(self, jobs: list[ClaimedJob]) -> None:
         attempt = PackAttempt(self.factory, self.storage, jobs, self.id, self.options.device)
-        attempt.open()
+        with self._timed("opening"):
+            attempt.open()
         self.leases.hold(jobs)
         spec = attempt.spec
         log.info(
             "training %d trials of study %s as one pack on %s", len(jobs), jobs[0].study_id, attempt.device
         )
+
+        def report(points: dict[int, dict[str, float]]) -> None:
+            with self._timed("reporting"):
+                attempt.report(points, trainer.success_metric)
+
         try:
-            trainer = PackTrainer(
-                spec.training_config(), [c.trial_params(spec) for c in attempt.cells()], self.options.device
-            )
-            started = time.perf_counter()
-            records = trainer.run(
-                on_eval=lambda k, point: attempt.report(k, point, trainer.success_metric),
-                should_stop=lambda: self._should_stop(trainer, jobs),
-            )
-            self.training_seconds += time.perf_counter() - started
+            with self._timed("setting up"):
+                trainer = PackTrainer(
+                    spec.training_config(),
+                    [c.trial_params(spec) for c in attempt.cells()],
+                    self.options.device,
+                )
+            reported = self.seconds["reporting"]
+            with self._timed("training"):
+                records = trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
+            self.seconds["training"] -= self.seconds["reporting"] - reported
         except Exception as error:
             log.exception("pack failed")
-            attempt.fail("".join(traceback.format_exception_only(error)).strip())
+            with self._timed("settling"):
+                attempt.fail("".join(traceback.format_exception_only(error)).strip())
         else:
-            attempt.settle(records)
+            with self._timed("settling"):
+                attempt.settle(records)
         finally:
             self.leases.forget(jobs)
 

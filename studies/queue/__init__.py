@@ -16,6 +16,7 @@ from studies.queue.leases import (
     release,
     retry_held,
     set_optuna_trial,
+    set_optuna_trials,
 )
 from studies.queue.reads import get_job, get_study, job_counts, list_jobs, list_studies, unfinished_jobs
 from studies.queue.retry import RetryDecision, RetryPolicy
@@ -56,6 +57,7 @@ __all__ = [
     "release",
     "retry_held",
     "set_optuna_trial",
+    "set_optuna_trials",
     "set_worker_status",
     "submit_study",
     "unfinished_jobs",

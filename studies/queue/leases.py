@@ -7,7 +7,7 @@ that has since been reaped or reclaimed changes nothing: `complete` and friends 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,16 +84,25 @@ def heartbeat(
     return run_transaction(factory, work)
 
 
-def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
-    """Record the Optuna trial of the current attempt; False if the lease is no longer held."""
+def set_optuna_trials(factory: sessionmaker[Session], trials: Sequence[tuple[int, str, int]]) -> set[int]:
+    """Record each (job id, lease token, Optuna trial id) attempt's trial, in one transaction;
+    returns the ids of the jobs whose lease was still held (the others are left as they were)."""
 
-    def work(session: Session) -> bool:
-        statement = (
-            update(JOBS).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(JOBS.c.id)
-        )
-        return session.scalars(statement).first() is not None
+    def work(session: Session) -> set[int]:
+        held: set[int] = set()
+        for job_id, token, trial_id in trials:
+            statement = (
+                update(JOBS).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(JOBS.c.id)
+            )
+            held.update(session.scalars(statement))
+        return held
 
     return run_transaction(factory, work)
+
+
+def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
+    """Record the Optuna trial of the current attempt; False if the lease is no longer held."""
+    return job_id in set_optuna_trials(factory, [(job_id, token, trial_id)])
 
 
 def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: str) -> int | None:

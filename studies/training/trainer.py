@@ -25,7 +25,8 @@ from studies.training.model import PackedSequenceModel
 
 CHECKPOINT_VERSION = 1
 
-EvalCallback = Callable[[int, dict[str, float]], None]  # (trial index in the pack, curve point)
+# once per evaluation: {trial index in the pack: its curve point} for the trials still running
+EvalCallback = Callable[[dict[int, dict[str, float]]], None]
 
 
 @dataclass
@@ -222,6 +223,7 @@ class PackTrainer:
         if not running:
             return
         metrics = self.evaluate("val")
+        points = {}
         for k in running:
             record = self.records[k]
             point = {"step": float(self.step)}
@@ -236,8 +238,9 @@ class PackTrainer:
                 if self.config.stop_on_success:
                     record.status = "succeeded"
                     self._deactivate(k)
-            if on_eval is not None:
-                on_eval(k, point)
+            points[k] = point
+        if on_eval is not None:
+            on_eval(points)
 
     def is_success(self, value: float) -> bool:
         """Whether a value of the success metric meets the threshold (accuracy: >=; mse, loss: <=)."""

@@ -1,0 +1,146 @@
+"""Our batched writes to Optuna's tables read back, through Optuna's own API, like Optuna's writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies import optuna_rows
+from studies.spec import StudySpec
+from studies.tracking import (
+    abandon_closing,
+    close_trials,
+    create_optuna_study,
+    open_storage,
+    report_values,
+    result_closing,
+    start_trials,
+)
+
+SPEC = StudySpec.model_validate(
+    {
+        "name": "rows",
+        "task": {"name": "copying", "T": 5},
+        "model": {"hidden_size": 8},
+        "variants": [{"name": "vanilla", "p_detach": 0.0}, {"name": "h-detach", "p_detach": 0.5}],
+        "learning_rates": [1e-3, 1e-2],
+        "seeds": [1, 2],
+        "budget": {"steps": 10, "eval_every": 5, "batch_size": 4},
+    }
+)
+
+
+@pytest.fixture
+def far_timezone(monkeypatch):
+    """Optuna stores naive UTC and reads back local time: a zone away from UTC tells them apart."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _write_a_pack(storage, study_name: str) -> list[int]:
+    """Three attempts: one completes, one diverges, one is abandoned; then late writes to them all."""
+    create_optuna_study(storage, study_name, SPEC, 7)
+    cells = SPEC.cells()[:3]
+    ids = start_trials(
+        storage,
+        study_name,
+        SPEC,
+        [(cell, {"attempt": 1, "device": "cpu", "job_id": 10 + i}) for i, cell in enumerate(cells)],
+    )
+    report_values(storage, [(ids[0], 5, 0.25), (ids[1], 5, 0.5), (ids[2], 5, float("nan"))])
+    report_values(storage, [(ids[0], 10, 0.75), (ids[0], 5, 0.3)])  # a step again: the later value stands
+    result = {"status": "completed", "final": {"accuracy": 0.8}, "steps_run": 10, "device": "cuda:1"}
+    diverged = {"status": "diverged", "diverged_at": 3, "final": {}}
+    closed = close_trials(
+        storage,
+        [
+            result_closing(ids[0], "accuracy", result),
+            result_closing(ids[1], "accuracy", diverged),
+            abandon_closing(ids[2], "lease expired"),
+        ],
+    )
+    assert closed == [True, True, True]
+    # everything after the end changes nothing
+    assert close_trials(storage, [abandon_closing(i, "late") for i in ids]) == [False] * 3
+    report_values(storage, [(ids[0], 15, 1.0), (ids[2], 15, 1.0)])
+    return ids
+
+
+def _comparable(trial: optuna.trial.FrozenTrial) -> tuple:
+    return (
+        trial.number,
+        trial.state,
+        trial.values,
+        trial.params,
+        trial.distributions,
+        trial.user_attrs,
+        trial.intermediate_values,
+    )
+
+
+def test_batched_rows_read_back_as_optunas_own_writes(database_url, far_timezone):
+    batched, through_api = open_storage(database_url), open_storage(database_url)
+    optuna_rows.disable(through_api)
+    assert optuna_rows.supported(batched) and not optuna_rows.supported(through_api)
+
+    before = datetime.now() - timedelta(seconds=1)
+    _write_a_pack(batched, "batched")
+    _write_a_pack(through_api, "api")
+    after = datetime.now() + timedelta(seconds=1)
+
+    reader = optuna.storages.RDBStorage(database_url)
+    ours = reader.get_all_trials(reader.get_study_id_from_name("batched"))
+    optunas = reader.get_all_trials(reader.get_study_id_from_name("api"))
+    assert [_comparable(t) for t in ours] == [_comparable(t) for t in optunas]
+    assert [t.state for t in ours] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert ours[0].intermediate_values == {5: 0.3, 10: 0.75} and ours[0].value == 0.8
+    assert ours[0].user_attrs["device"] == "cuda:1"  # the outcome's device overwrote the start's
+    for trial in ours:  # local time, as Optuna shows it (a UTC mix-up is 5.5 hours off)
+        assert before <= trial.datetime_start <= trial.datetime_complete <= after
+    # the study's best trial and its dashboard view come from these rows
+    study = optuna.load_study(study_name="batched", storage=reader)
+    assert study.best_trial.number == 0 and study.best_value == 0.8
+    reader.engine.dispose()
+    for storage in (batched, through_api):
+        storage.engine.dispose()
+
+
+def test_trial_numbers_stay_unique_with_concurrent_creators(database_url):
+    """Batched creators and Optuna's own, at once: numbers 0..n-1, each once (counted under a lock)."""
+    storages = [open_storage(database_url) for _ in range(4)]
+    optuna_rows.disable(storages[3])
+    create_optuna_study(storages[0], "busy", SPEC, 1)
+    cells = SPEC.cells()
+    errors: list[BaseException] = []
+
+    def create(storage) -> None:
+        try:
+            for _ in range(5):
+                start_trials(storage, "busy", SPEC, [(cell, {}) for cell in cells[:3]])
+        except BaseException as error:  # reported below, with the thread's own traceback lost
+            errors.append(error)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in storages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    study_id = storages[0].get_study_id_from_name("busy")
+    numbers = sorted(t.number for t in storages[0].get_all_trials(study_id))
+    assert numbers == list(range(4 * 5 * 3))
+    for storage in storages:
+        storage.engine.dispose()
+
+
+def test_a_closing_must_be_final():
+    with pytest.raises(ValueError, match="not a final state"):
+        optuna_rows.close_trials(open_storage("sqlite://"), [optuna_rows.Closing(1, TrialState.RUNNING)])
