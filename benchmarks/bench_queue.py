@@ -1,7 +1,7 @@
 """Queue throughput: claim + complete per second with concurrent claimer processes.
 
 A study of N jobs is submitted to a fresh database, then P processes each loop
-`claim(pack jobs) -> complete each` until the queue is empty; every job must end done exactly
+`claim(pack jobs) -> complete them` until the queue is empty; every job must end done exactly
 once. Repeated `--repeats` times (a new database each); the median is the figure. Default:
 PostgreSQL (a temporary database on the server at --url, dropped afterwards), 8 claimers, one
 job per claim.
@@ -17,11 +17,9 @@ import multiprocessing as mp
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from _databases import fresh_database
 
 from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
@@ -37,32 +35,9 @@ def claimer(url: str, pack: int, start: mp.Event, counts: mp.Queue) -> None:  # 
         jobs = queue.claim(factory, worker_id, pack, lease_seconds=60)
         if not jobs:
             break
-        for job in jobs:
-            done += queue.complete(factory, job.job_id, job.lease_token, {"status": "completed"})
+        results = [(job.job_id, job.lease_token, {"status": "completed"}) for job in jobs]
+        done += len(queue.complete_many(factory, results))  # a pack's results in one statement, as a worker's
     counts.put(done)
-
-
-@contextmanager
-def fresh_database(url: str) -> Iterator[str]:
-    """A new empty PostgreSQL database next to `url`'s (dropped afterwards); SQLite: a new file."""
-    if url.startswith("sqlite"):
-        path = Path(f"/tmp/bench-queue-{uuid.uuid4().hex[:8]}.db")
-        try:
-            yield f"sqlite:///{path}"
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return
-    admin = make_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"hdetach_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def one_run(url: str, claimers: int, jobs: int, pack: int) -> float:

@@ -31,6 +31,8 @@ from optuna.trial import TrialState
 from sqlalchemy import Connection, Table, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from studies.db.engine import autocommit_engine
+
 SCHEMA_VERSION = "v3.2.0.a"  # Optuna's alembic head for 4.x and 5.x
 
 _STUDIES: Table = models.StudyModel.__table__
@@ -100,18 +102,23 @@ def _attr_rows(trial_id: int, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def start_trials(storage: RDBStorage, study_id: int, trials: Sequence[NewTrial]) -> list[int]:
-    """Create RUNNING trials with their params and user attrs in one transaction; their ids in order."""
+def start_trials(storage: RDBStorage, study_name: str, trials: Sequence[NewTrial]) -> list[int]:
+    """Create RUNNING trials with their params and user attrs in one transaction; their ids in order.
+
+    Raises KeyError if there is no study of that name."""
     if not trials:
         return []
     now = _utc_now()
     with storage.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":  # numbers are counted: one creator at a time
-            connection.execute(
-                select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study_id).with_for_update()
-            )
-        # On SQLite this INSERT is the transaction's first statement, so it takes the write lock
-        # before anything is counted.
+        # PostgreSQL: numbers are counted, so one creator at a time (the study row's lock, as Optuna)
+        by_name = select(_STUDIES.c.study_id).where(_STUDIES.c.study_name == study_name)
+        if connection.dialect.name == "postgresql":
+            by_name = by_name.with_for_update()
+        study_id = connection.execute(by_name).scalar()
+        if study_id is None:
+            raise KeyError(f"no Optuna study named {study_name!r}")
+        # SQLite: this INSERT begins the transaction (its driver opens none for a SELECT), so the
+        # write lock is held before anything is counted.
         created = connection.execute(
             _TRIALS.insert().returning(_TRIALS.c.trial_id, sort_by_parameter_order=True),
             [
@@ -163,7 +170,11 @@ def add_intermediate_values(storage: RDBStorage, values: Iterable[tuple[int, int
     rows = [{"trial_id": t, "step": s, "value": v} for t, s, v in values]
     if not rows:
         return
-    with storage.engine.begin() as connection:
+    # one statement, atomic alone: on PostgreSQL it needs no BEGIN and COMMIT round trips
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+        engine = autocommit_engine(engine)
+    with engine.begin() as connection:
         columns = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
         statement = _insert(connection, _INTERMEDIATE).from_select(columns, _RUNNING_TRIAL)
         statement = statement.on_conflict_do_update(

@@ -70,8 +70,8 @@ class VariantSpec(_Strict):
 class LearningRateRange(_Strict):
     """`num` learning rates from `low` to `high`, log-spaced by default."""
 
-    low: float = Field(gt=0.0)
-    high: float = Field(gt=0.0)
+    low: float = Field(gt=0.0, allow_inf_nan=False)
+    high: float = Field(gt=0.0, allow_inf_nan=False)
     num: int = Field(ge=1, le=1000)
     log: bool = True
 
@@ -79,6 +79,12 @@ class LearningRateRange(_Strict):
     def _ordered(self) -> LearningRateRange:
         if self.high < self.low:
             raise ValueError("high must be >= low")
+        values = self.values()
+        if len(set(values)) != len(values):  # each (variant, lr, seed) must be one cell
+            raise ValueError(
+                f"{self.num} learning rates from {self.low:g} to {self.high:g} repeat once rounded "
+                "to 6 significant digits; widen the range or ask for fewer"
+            )
         return self
 
     def values(self) -> list[float]:

@@ -90,16 +90,27 @@ def start_trials(
     study_name: str,
     spec: StudySpec,
     starts: Sequence[tuple[GridCell, Mapping[str, Any]]],
+    study_id: int | None = None,
 ) -> list[int]:
-    """A new RUNNING trial for each (cell, attrs) attempt, in one transaction; their trial ids."""
-    study_id = storage.get_study_id_from_name(study_name)
+    """A new RUNNING trial for each (cell, attrs) attempt, in one transaction; their trial ids.
+
+    Given our `study_id`, a missing Optuna study is created first (it normally is at submission)."""
     trials = [_new_trial(spec, cell, attrs) for cell, attrs in starts]
     if optuna_rows.supported(storage):
-        return optuna_rows.start_trials(storage, study_id, trials)
+        try:
+            return optuna_rows.start_trials(storage, study_name, trials)
+        except KeyError:
+            if study_id is None:
+                raise
+            create_optuna_study(storage, study_name, spec, study_id)
+            return optuna_rows.start_trials(storage, study_name, trials)
+    if study_id is not None:
+        create_optuna_study(storage, study_name, spec, study_id)  # idempotent
+    optuna_id = storage.get_study_id_from_name(study_name)
     # Optuna's API: one transaction per trial (a template trial carries its params and attrs)
     return [
         storage.create_new_trial(
-            study_id,
+            optuna_id,
             template_trial=optuna.trial.create_trial(
                 state=TrialState.RUNNING,
                 params=dict(t.params),

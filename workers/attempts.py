@@ -26,7 +26,6 @@ from studies.spec import GridCell, StudySpec
 from studies.tracking import (
     abandon_closing,
     close_trials,
-    create_optuna_study,
     open_storage,
     report_values,
     result_closing,
@@ -162,7 +161,6 @@ class PackAttempt:
     def open(self) -> None:
         """Start one RUNNING Optuna trial per job (one transaction) and remember it on the job row."""
         spec, first = self.spec, self.jobs[0]  # a pack is one study's jobs
-        create_optuna_study(self.storage, first.optuna_study_name, spec, first.study_id)  # idempotent
         starts = [
             (
                 cell,
@@ -175,7 +173,7 @@ class PackAttempt:
             )
             for job, cell in zip(self.jobs, self.cells(), strict=True)
         ]
-        trial_ids = start_trials(self.storage, first.optuna_study_name, spec, starts)
+        trial_ids = start_trials(self.storage, first.optuna_study_name, spec, starts, first.study_id)
         self.trial_ids = {job.job_id: trial_id for job, trial_id in zip(self.jobs, trial_ids, strict=True)}
         queue.set_optuna_trials(
             self.factory, [(job.job_id, job.lease_token, self.trial_ids[job.job_id]) for job in self.jobs]
@@ -193,34 +191,46 @@ class PackAttempt:
     def settle(self, records: Sequence[TrialRecord | dict[str, Any]]) -> None:
         """Record each job's outcome exactly once, or give the job back; records in job order.
 
-        The queue decides job by job; their Optuna trials are then closed in one transaction."""
+        The pack's results are recorded in one statement, and its Optuna trials closed in one
+        transaction."""
+        results: dict[int, dict[str, Any]] = {}  # job id -> result to record
+        outcomes: dict[int, str] = {}  # job id -> why its trial records nothing
+        for job, record in zip(self.jobs, records, strict=True):
+            record = record if isinstance(record, dict) else record.to_dict()
+            if record["status"] in RECORDED:
+                extra = {"device": self.device, "worker": self.worker_id, "attempt": job.attempt}
+                results[job.job_id] = record | extra
+            else:
+                outcomes[job.job_id] = self._give_back(job, record["status"])
+        recorded = queue.complete_many(
+            self.factory,
+            [
+                (job.job_id, job.lease_token, results[job.job_id])
+                for job in self.jobs
+                if job.job_id in results
+            ],
+        )
         metric = self.spec.success.metric
         closings = []
-        for job, record in zip(self.jobs, records, strict=True):
-            outcome = self._settle_one(job, record if isinstance(record, dict) else record.to_dict())
-            if job.job_id in self.trial_ids:
-                trial_id = self.trial_ids[job.job_id]
-                if isinstance(outcome, dict):
-                    closings.append(result_closing(trial_id, metric, outcome))
-                else:
-                    closings.append(abandon_closing(trial_id, outcome))
+        for job in self.jobs:
+            trial_id = self.trial_ids.get(job.job_id)
+            if trial_id is None:
+                continue
+            if job.job_id in recorded:
+                closings.append(result_closing(trial_id, metric, results[job.job_id]))
+            else:
+                closings.append(abandon_closing(trial_id, outcomes.get(job.job_id, "late report rejected")))
         close_trials(self.storage, closings)
 
-    def _settle_one(self, job: ClaimedJob, record: dict[str, Any]) -> dict[str, Any] | str:
-        """Settle the job in the queue; returns the recorded result, or why its trial is abandoned."""
-        token, status = job.lease_token, record["status"]
-        if status in RECORDED:
-            result = record | {"device": self.device, "worker": self.worker_id, "attempt": job.attempt}
-            return (
-                result if queue.complete(self.factory, job.job_id, token, result) else "late report rejected"
-            )
+    def _give_back(self, job: ClaimedJob, status: str) -> str:
+        """End a job that has no result to record; returns why its trial is abandoned."""
         if status == "cancelled":
-            queue.cancel_job(self.factory, job.job_id, token)
+            queue.cancel_job(self.factory, job.job_id, job.lease_token)
             return "cancelled"
         if status == "lost":
             return "lease lost"
         # interrupted by a stop request: it will run again
-        queue.release(self.factory, job.job_id, token, "worker stopped")
+        queue.release(self.factory, job.job_id, job.lease_token, "worker stopped")
         return "released (worker stopping)"
 
     def fail(self, message: str) -> None:

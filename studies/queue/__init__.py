@@ -10,6 +10,7 @@ from studies.queue.claim import claim
 from studies.queue.leases import (
     cancel_job,
     complete,
+    complete_many,
     fail,
     heartbeat,
     reap,
@@ -41,6 +42,7 @@ __all__ = [
     "cancel_study",
     "claim",
     "complete",
+    "complete_many",
     "default_optuna_study_name",
     "delete_study",
     "fail",

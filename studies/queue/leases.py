@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import case, exists, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_autocommit, run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker
+from studies.db.models import Job, JobState, Study, StudyStatus, Worker
 from studies.queue._common import JOBS, STUDIES, queued_or_cancelling, resolve_now, settle_study
 from studies.queue._types import HeartbeatReply, ReapedJob
 from studies.queue.retry import RetryPolicy
@@ -85,19 +86,20 @@ def heartbeat(
 
 
 def set_optuna_trials(factory: sessionmaker[Session], trials: Sequence[tuple[int, str, int]]) -> set[int]:
-    """Record each (job id, lease token, Optuna trial id) attempt's trial, in one transaction;
+    """Record each (job id, lease token, Optuna trial id) attempt's trial, in one statement;
     returns the ids of the jobs whose lease was still held (the others are left as they were)."""
-
-    def work(session: Session) -> set[int]:
-        held: set[int] = set()
-        for job_id, token, trial_id in trials:
-            statement = (
-                update(JOBS).where(_held(job_id, token)).values(optuna_trial_id=trial_id).returning(JOBS.c.id)
-            )
-            held.update(session.scalars(statement))
-        return held
-
-    return run_transaction(factory, work)
+    if not trials:
+        return set()
+    statement = (
+        update(JOBS)
+        .where(
+            tuple_(JOBS.c.id, JOBS.c.lease_token).in_([(job_id, token) for job_id, token, _ in trials]),
+            JOBS.c.state == JobState.RUNNING,
+        )
+        .values(optuna_trial_id=case({job_id: trial_id for job_id, _, trial_id in trials}, value=JOBS.c.id))
+        .returning(JOBS.c.id)
+    )
+    return set(run_autocommit(factory, lambda connection: connection.execute(statement).scalars().all()))
 
 
 def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
@@ -124,22 +126,57 @@ def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: s
     return run_transaction(factory, work)
 
 
-_COMPLETE = (
-    update(JOBS)
-    .where(_held(bindparam("b_job"), bindparam("b_token")))
-    .values(
-        state=JobState.DONE,
-        result_json=bindparam("b_result"),
-        finished_at=bindparam("b_now", type_=UTCDateTime),
-        lease_token=None,
-        lease_expires_at=None,
+def _complete_many(results: Sequence[tuple[int, str, str]], now: datetime) -> Any:
+    """One UPDATE recording each (job id, token, result JSON) whose lease is still held."""
+    return (
+        update(JOBS)
+        .where(
+            tuple_(JOBS.c.id, JOBS.c.lease_token).in_([(job_id, token) for job_id, token, _ in results]),
+            JOBS.c.state == JobState.RUNNING,
+        )
+        .values(
+            state=JobState.DONE,
+            result_json=case({job_id: result for job_id, _, result in results}, value=JOBS.c.id),
+            finished_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(JOBS.c.id, JOBS.c.study_id)
     )
-    .returning(JOBS.c.study_id)
-)
-# PostgreSQL: the same UPDATE as a CTE, with settle_study's first question asked in the same round
-# trip (a CTE's sub-selects see the table as it was before the UPDATE: this job was running).
-_done = _COMPLETE.cte("done")
-_COMPLETE_AND_ASK = select(_done.c.study_id, queued_or_cancelling(_done.c.study_id))
+
+
+def complete_many(
+    factory: sessionmaker[Session],
+    results: Sequence[tuple[int, str, Mapping[str, Any]]],
+    now: datetime | None = None,
+) -> set[int]:
+    """Record each (job id, lease token, result) outcome exactly once, in one statement; returns
+    the ids recorded. A late or repeated report is left out and changes nothing."""
+    if not results:
+        return set()
+    now = resolve_now(now)
+    statement = _complete_many(
+        [(job_id, token, json.dumps(result)) for job_id, token, result in results], now
+    )
+
+    if factory.kw["bind"].dialect.name == "postgresql":
+        # One autocommitted statement, which also asks whether each study may have just ended its
+        # last job (a CTE's sub-selects see the table as it was before the UPDATE); such a study is
+        # settled in a transaction of its own (the reaper settles it, should this process die between).
+        done = statement.cte("done")
+        ask = select(done.c.id, done.c.study_id, queued_or_cancelling(done.c.study_id))
+        rows = run_autocommit(factory, lambda connection: connection.execute(ask).all())
+        for study_id in {row.study_id for row in rows if row.may_be_last}:
+            run_transaction(factory, partial(settle_study, study_id=study_id, now=now))
+        return {row.id for row in rows}
+
+    def work(session: Session) -> set[int]:
+        rows = session.execute(statement).all()
+        for study_id in {row.study_id for row in rows}:
+            settle_study(session, study_id, now)
+        return {row.id for row in rows}
+
+    return run_transaction(factory, work)
 
 
 def complete(
@@ -150,30 +187,7 @@ def complete(
     now: datetime | None = None,
 ) -> bool:
     """Record the outcome exactly once: False, changing nothing, for a late or repeated report."""
-    now = resolve_now(now)
-    result_json = json.dumps(result)
-
-    params = {"b_job": job_id, "b_token": token, "b_result": result_json, "b_now": now}
-    if factory.kw["bind"].dialect.name == "postgresql":
-        # One autocommitted statement; the study is settled in a transaction of its own only when
-        # this may have been its last job (the reaper settles it, should this process die between).
-        row = run_autocommit(
-            factory, lambda connection: connection.execute(_COMPLETE_AND_ASK, params).first()
-        )
-        if row is None:
-            return False
-        if row.may_be_last:
-            run_transaction(factory, lambda session: settle_study(session, row.study_id, now))
-        return True
-
-    def work(session: Session) -> bool:
-        study_id = session.execute(_COMPLETE, params).scalar()
-        if study_id is None:
-            return False
-        settle_study(session, study_id, now)
-        return True
-
-    return run_transaction(factory, work)
+    return job_id in complete_many(factory, [(job_id, token, result)], now)
 
 
 def release(

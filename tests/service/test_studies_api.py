@@ -93,6 +93,8 @@ def test_submit_run_and_read_a_study_end_to_end(server):
         ({"budget": {"steps": 0}}, "steps"),
         ({"seeds": [1, 1]}, "seeds"),
         ({"model": {"hidden_size": 100_000}}, "hidden_size"),
+        ({"learning_rates": {"low": 5e-324, "high": 1e-323, "num": 3}}, "learning_rates"),  # found by fuzzing
+        ({"learning_rates": {"low": 1e-3, "high": 1.000001e-3, "num": 4}}, "learning_rates"),
     ],
 )
 def test_bad_spec_is_a_422_naming_the_field_and_writes_nothing(server, change, field):

@@ -144,3 +144,18 @@ def test_trial_numbers_stay_unique_with_concurrent_creators(database_url):
 def test_a_closing_must_be_final():
     with pytest.raises(ValueError, match="not a final state"):
         optuna_rows.close_trials(open_storage("sqlite://"), [optuna_rows.Closing(1, TrialState.RUNNING)])
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "api"])
+def test_a_missing_optuna_study_is_created_given_our_study_id(tmp_path, batched):
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    if not batched:
+        optuna_rows.disable(storage)
+    cell = SPEC.cells()[0]
+    with pytest.raises(KeyError):
+        start_trials(storage, "not-yet", SPEC, [(cell, {})])
+    (trial_id,) = start_trials(storage, "not-yet", SPEC, [(cell, {})], study_id=42)
+    study = optuna.load_study(study_name="not-yet", storage=storage)
+    assert study.user_attrs["hdetach_study_id"] == 42
+    assert [t._trial_id for t in study.trials] == [trial_id]
+    storage.engine.dispose()

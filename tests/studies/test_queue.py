@@ -552,3 +552,40 @@ def test_the_reaper_settles_a_study_whose_last_completion_was_not_followed_by_se
     assert queue.get_study(factory, study_id).status == "running"
     assert queue.reap(factory, now=T0) == []
     assert queue.get_study(factory, study_id).status == "done"
+
+
+def test_a_packs_trials_are_recorded_only_where_the_lease_is_held(factory: sessionmaker[Session]) -> None:
+    queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1, 2)))
+    a, b, c = queue.claim(factory, "w", max_jobs=3, lease_seconds=LEASE)
+    assert queue.complete(factory, c.job_id, c.lease_token, {"accuracy": 0.5})  # no longer running
+    held = queue.set_optuna_trials(
+        factory, [(a.job_id, a.lease_token, 11), (b.job_id, "stale", 12), (c.job_id, c.lease_token, 13)]
+    )
+    assert held == {a.job_id}
+    assert [queue.get_job(factory, j.job_id).optuna_trial_id for j in (a, b, c)] == [11, None, None]
+    assert queue.set_optuna_trials(factory, []) == set()
+
+
+def test_a_packs_results_are_recorded_in_one_go_each_exactly_once(factory: sessionmaker[Session]) -> None:
+    study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1, 2)))
+    a, b, c = queue.claim(factory, "w", max_jobs=3, lease_seconds=LEASE)
+    assert queue.complete(factory, c.job_id, c.lease_token, {"accuracy": 0.1})  # c reported already
+    recorded = queue.complete_many(
+        factory,
+        [
+            (a.job_id, a.lease_token, {"accuracy": 0.5}),
+            (b.job_id, "stale", {"accuracy": 0.6}),
+            (c.job_id, c.lease_token, {"accuracy": 0.7}),
+        ],
+    )
+    assert recorded == {a.job_id}
+    jobs = [queue.get_job(factory, j.job_id) for j in (a, b, c)]
+    assert [(j.state, j.result_json and json.loads(j.result_json)) for j in jobs] == [
+        ("done", {"accuracy": 0.5}),
+        ("running", None),
+        ("done", {"accuracy": 0.1}),
+    ]
+    assert queue.get_study(factory, study_id).status == "running"  # b still runs
+    assert queue.complete_many(factory, [(b.job_id, b.lease_token, {"accuracy": 0.6})]) == {b.job_id}
+    assert queue.get_study(factory, study_id).status == "done"
+    assert queue.complete_many(factory, []) == set()
