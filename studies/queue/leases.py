@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
-from sqlalchemy import case, exists, select, tuple_, update
+from sqlalchemy import Integer, String, Text, bindparam, case, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_autocommit, run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus, Worker
+from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker
 from studies.queue._common import JOBS, STUDIES, queued_or_cancelling, resolve_now, settle_study
 from studies.queue._types import HeartbeatReply, ReapedJob
 from studies.queue.retry import RetryPolicy
@@ -24,6 +24,25 @@ from studies.queue.retry import RetryPolicy
 
 def _held(job_id: Any, token: Any) -> Any:
     return (JOBS.c.id == job_id) & (JOBS.c.lease_token == token) & (JOBS.c.state == JobState.RUNNING)
+
+
+# A pack's jobs are updated by one statement, prebuilt once per pack size: job i binds b_id<i>,
+# b_tok<i> and its own value b_val<i>. Built per call, the statement cost more CPU than its round trip.
+def _per_job(size: int, value_type: Any) -> tuple[list[Any], Any]:
+    """The where-clauses picking each of `size` jobs that its own token still holds (the id list
+    finds rows by primary key, a CASE checks each one's token), and a CASE giving each its value."""
+    ids = [bindparam(f"b_id{i}", type_=Integer) for i in range(size)]
+    tokens = case(*[(JOBS.c.id == ids[i], bindparam(f"b_tok{i}", type_=String)) for i in range(size)])
+    values = case(*[(JOBS.c.id == ids[i], bindparam(f"b_val{i}", type_=value_type)) for i in range(size)])
+    held = [JOBS.c.id.in_(ids), JOBS.c.lease_token == tokens, JOBS.c.state == JobState.RUNNING]
+    return held, values
+
+
+def _per_job_params(rows: Sequence[tuple[int, str, Any]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (job_id, token, value) in enumerate(rows):
+        params |= {f"b_id{i}": job_id, f"b_tok{i}": token, f"b_val{i}": value}
+    return params
 
 
 def _lock_held(session: Session, job_id: int, token: str) -> tuple[Job, bool] | None:
@@ -90,16 +109,17 @@ def set_optuna_trials(factory: sessionmaker[Session], trials: Sequence[tuple[int
     returns the ids of the jobs whose lease was still held (the others are left as they were)."""
     if not trials:
         return set()
-    statement = (
-        update(JOBS)
-        .where(
-            tuple_(JOBS.c.id, JOBS.c.lease_token).in_([(job_id, token) for job_id, token, _ in trials]),
-            JOBS.c.state == JobState.RUNNING,
-        )
-        .values(optuna_trial_id=case({job_id: trial_id for job_id, _, trial_id in trials}, value=JOBS.c.id))
-        .returning(JOBS.c.id)
+    statement = _set_trials_statement(len(trials))
+    params = _per_job_params(trials)
+    return set(
+        run_autocommit(factory, lambda connection: connection.execute(statement, params).scalars().all())
     )
-    return set(run_autocommit(factory, lambda connection: connection.execute(statement).scalars().all()))
+
+
+@lru_cache(maxsize=64)  # one per pack size in use
+def _set_trials_statement(size: int) -> Any:
+    held, trial_ids = _per_job(size, Integer)
+    return update(JOBS).where(*held).values(optuna_trial_id=trial_ids).returning(JOBS.c.id)
 
 
 def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
@@ -126,23 +146,26 @@ def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: s
     return run_transaction(factory, work)
 
 
-def _complete_many(results: Sequence[tuple[int, str, str]], now: datetime) -> Any:
-    """One UPDATE recording each (job id, token, result JSON) whose lease is still held."""
-    return (
+@lru_cache(maxsize=64)  # one per pack size in use
+def _complete_statements(size: int) -> tuple[Any, Any]:
+    """The UPDATE recording `size` results, and (PostgreSQL) the same as a CTE that also asks, in
+    the same round trip, whether each study may have just ended its last job (a CTE's sub-selects
+    see the table as it was before the UPDATE)."""
+    held, results = _per_job(size, Text)
+    statement = (
         update(JOBS)
-        .where(
-            tuple_(JOBS.c.id, JOBS.c.lease_token).in_([(job_id, token) for job_id, token, _ in results]),
-            JOBS.c.state == JobState.RUNNING,
-        )
+        .where(*held)
         .values(
             state=JobState.DONE,
-            result_json=case({job_id: result for job_id, _, result in results}, value=JOBS.c.id),
-            finished_at=now,
+            result_json=results,
+            finished_at=bindparam("b_now", type_=UTCDateTime),
             lease_token=None,
             lease_expires_at=None,
         )
         .returning(JOBS.c.id, JOBS.c.study_id)
     )
+    done = statement.cte("done")
+    return statement, select(done.c.id, done.c.study_id, queued_or_cancelling(done.c.study_id))
 
 
 def complete_many(
@@ -155,23 +178,20 @@ def complete_many(
     if not results:
         return set()
     now = resolve_now(now)
-    statement = _complete_many(
-        [(job_id, token, json.dumps(result)) for job_id, token, result in results], now
-    )
+    statement, ask = _complete_statements(len(results))
+    params = _per_job_params([(job_id, token, json.dumps(result)) for job_id, token, result in results])
+    params["b_now"] = now
 
     if factory.kw["bind"].dialect.name == "postgresql":
-        # One autocommitted statement, which also asks whether each study may have just ended its
-        # last job (a CTE's sub-selects see the table as it was before the UPDATE); such a study is
-        # settled in a transaction of its own (the reaper settles it, should this process die between).
-        done = statement.cte("done")
-        ask = select(done.c.id, done.c.study_id, queued_or_cancelling(done.c.study_id))
-        rows = run_autocommit(factory, lambda connection: connection.execute(ask).all())
+        # One autocommitted statement; a study that may have just ended its last job is settled in
+        # a transaction of its own (the reaper settles it, should this process die between).
+        rows = run_autocommit(factory, lambda connection: connection.execute(ask, params).all())
         for study_id in {row.study_id for row in rows if row.may_be_last}:
             run_transaction(factory, partial(settle_study, study_id=study_id, now=now))
         return {row.id for row in rows}
 
     def work(session: Session) -> set[int]:
-        rows = session.execute(statement).all()
+        rows = session.execute(statement, params).all()
         for study_id in {row.study_id for row in rows}:
             settle_study(session, study_id, now)
         return {row.id for row in rows}
