@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 from types import TracebackType
 
+import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +42,13 @@ class Backend:
         study = queue.get_study(self.factory, study_id)
         create_optuna_study(self.storage, study.optuna_study_name, spec, study_id)
         return study_id
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete a study, its jobs and its Optuna study (the queue refuses while jobs run)."""
+        optuna_name = queue.delete_study(self.factory, study_id)
+        # after ours: should this fail, the dashboard keeps an orphan, never the reverse
+        with contextlib.suppress(KeyError):  # never registered (e.g. submitted without a Backend)
+            optuna.delete_study(study_name=optuna_name, storage=self.storage)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -147,7 +147,7 @@ def cancel_study(backend: BackendDep, study_id: StudyId) -> StudyOut:
     responses={**NOT_FOUND, **AUTH, 409: {"model": Problem, "description": "jobs are running; cancel first"}},
 )
 def delete_study(backend: BackendDep, study_id: StudyId) -> Response:
-    queue.delete_study(backend.factory, study_id)  # Conflict -> 409 (see app)
+    backend.delete_study(study_id)  # Conflict -> 409 (see app)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -130,15 +130,20 @@ def cancel_study(factory: sessionmaker[Session], study_id: int) -> CancelResult:
     return run_transaction(factory, work)
 
 
-def delete_study(factory: sessionmaker[Session], study_id: int) -> None:
-    """Delete a study and its jobs; refused (Conflict) while any of its jobs is running."""
+def delete_study(factory: sessionmaker[Session], study_id: int) -> str:
+    """Delete a study and its jobs; refused (Conflict) while any of its jobs is running.
 
-    def work(session: Session) -> None:
-        if lock_study(session, study_id) is None:
+    Returns its Optuna study's name: the caller deletes that study from Optuna's storage."""
+
+    def work(session: Session) -> str:
+        study = lock_study(session, study_id)
+        if study is None:
             raise NotFound(f"no study {study_id}")
         running = state_counts(session, study_id)[JobState.RUNNING]
         if running:
             raise Conflict(f"study {study_id} has {running} running jobs: cancel it and let them stop first")
+        name = study.optuna_study_name
         session.execute(delete(Study).where(Study.id == study_id))  # jobs: ON DELETE CASCADE
+        return name
 
-    run_transaction(factory, work)
+    return run_transaction(factory, work)

@@ -11,6 +11,7 @@ import pytest
 from hdetach.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory
+from studies.tracking import open_storage
 from tests.service.conftest import TOKEN, free_port, run_worker, start, stop, wait_http
 
 SPEC = {
@@ -119,8 +120,13 @@ def test_cancel_then_delete_and_delete_refused_while_running(server):
     first = api.post("/studies", json=SPEC).json()["id"]
     cancelled = api.post(f"/studies/{first}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["jobs"]["cancelled"] == 8
+    optuna_name = api.get(f"/studies/{first}").json()["optuna_study_name"]
+    storage = open_storage(server.database_url)
+    assert optuna_name in {s.study_name for s in storage.get_all_studies()}
     assert api.delete(f"/studies/{first}").status_code == 204
     assert api.get(f"/studies/{first}").status_code == 404
+    assert optuna_name not in {s.study_name for s in storage.get_all_studies()}  # gone from the dashboard too
+    storage.engine.dispose()
 
     second = api.post("/studies", json={**SPEC, "name": "busy"}).json()["id"]
     engine = make_engine(server.database_url)
