@@ -589,3 +589,32 @@ def test_a_packs_results_are_recorded_in_one_go_each_exactly_once(factory: sessi
     assert queue.complete_many(factory, [(b.job_id, b.lease_token, {"accuracy": 0.6})]) == {b.job_id}
     assert queue.get_study(factory, study_id).status == "done"
     assert queue.complete_many(factory, []) == set()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("runner", ["run_transaction", "run_core_transaction", "run_autocommit"])
+def test_a_connection_the_server_dropped_is_retried_once_on_a_fresh_one(postgres_url, runner) -> None:
+    """pool_pre_ping is off in queue processes: the retry is what survives a server restart."""
+    from studies.db import engine as db_engine
+
+    run = getattr(db_engine, runner)
+    engine = make_engine(postgres_url, pool_pre_ping=False)
+    admin = make_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    factory = session_factory(engine)
+
+    def backend_pid(handle: Any) -> int:
+        return handle.execute(text("SELECT pg_backend_pid()")).scalar()
+
+    def drop_pooled_connections() -> None:
+        pids = {run(factory, backend_pid)}  # the connection(s) now sitting in the pool
+        with admin.connect() as connection:
+            for pid in pids:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    drop_pooled_connections()
+    with pytest.raises(OperationalError):
+        run(factory, backend_pid, attempts=1)  # no retry: the dead connection's error surfaces
+    drop_pooled_connections()
+    assert run(factory, backend_pid) > 0  # retried on a new connection
+    engine.dispose()
+    admin.dispose()
