@@ -177,12 +177,23 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
     from alembic import command
 
     config = alembic_config(url)
-    engine = make_engine(url)
+    engine = make_engine(url)  # its own: the SQLite connection below must not go back to a shared pool
     try:
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode rebuilds a table by dropping it, and with foreign keys on, SQLite's
+                # DROP TABLE first deletes its rows, cascading to hd_jobs: an upgrade would empty
+                # the queue. The pragma only takes effect outside a transaction, so before BEGIN.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                    raise RuntimeError(f"the upgrade left rows that break foreign keys: {broken[:5]}")
     finally:
         engine.dispose()

@@ -512,7 +512,9 @@ def test_upgrade_is_idempotent_and_safe_to_run_at_once(backend: str, tmp_path: P
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrade_keeps_the_studies_of_an_older_schema(backend: str, tmp_path: Path) -> None:
-    """0002 adds hd_studies.engine: studies submitted before it are queue studies, and still claimable."""
+    """0002 adds hd_studies.engine: studies submitted before it are queue studies, their jobs kept
+    (SQLite rebuilds hd_studies: with foreign keys on, that emptied hd_jobs), and a deleted
+    study's id is never given again."""
     with (
         fresh_postgres_database() if backend == "postgres" else nullcontext(f"sqlite:///{tmp_path / 'm.db'}")
     ) as url:
@@ -528,11 +530,25 @@ def test_upgrade_keeps_the_studies_of_an_older_schema(backend: str, tmp_path: Pa
                     ),
                     {"now": datetime(2026, 1, 1)},
                 )
+                connection.execute(
+                    text(
+                        "INSERT INTO hd_jobs (study_id, cell_index, variant, p_detach, lr, seed, pack_key,"
+                        " priority, state, attempts, max_attempts, result_json, created_at)"
+                        " SELECT id, 0, 'vanilla', 0.0, 0.01, 1, 'k', 0, 'done', 1, 3, '{}', :now"
+                        " FROM hd_studies"
+                    ),
+                    {"now": datetime(2026, 1, 1)},
+                )
             upgrade(url)
             with engine.connect() as connection:
                 assert connection.execute(text("SELECT name, engine FROM hd_studies")).all() == [
                     ("old", "queue")
                 ]
+                assert connection.execute(text("SELECT count(*) FROM hd_jobs")).scalar() == 1
+            factory = session_factory(engine)
+            newest = queue.submit_study(factory, make_spec("new"))
+            queue.delete_study(factory, newest)
+            assert queue.submit_study(factory, make_spec("newer")) > newest
             refused = pytest.raises(IntegrityError, match=r"engine_valid|CHECK constraint")
             with refused, engine.begin() as connection:
                 connection.execute(text("UPDATE hd_studies SET engine = 'spark'"))
