@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from studies.db.engine import autocommit_engine
 
-SCHEMA_VERSION = "v3.2.0.a"  # Optuna's alembic head for 4.x and 5.x
+SCHEMA_VERSION = "v3.2.0.a"  # Optuna 5.0's alembic head
 
 _STUDIES: Table = models.StudyModel.__table__
 _TRIALS: Table = models.TrialModel.__table__
@@ -188,12 +188,12 @@ def close_trials(storage: RDBStorage, closings: Sequence[Closing]) -> list[bool]
     """End trials in one transaction; False for one that was no longer RUNNING (left as it was)."""
     if not closings:
         return []
+    if unfinished := [c.state for c in closings if not c.state.is_finished()]:
+        raise ValueError(f"{unfinished[0]} is not a final state")
     now = _utc_now()
     closed = []
     with storage.engine.begin() as connection:
         for closing in closings:
-            if not closing.state.is_finished():
-                raise ValueError(f"{closing.state} is not a final state")
             ended = connection.execute(
                 update(_TRIALS)
                 .where(_TRIALS.c.trial_id == closing.trial_id, _TRIALS.c.state == TrialState.RUNNING)

@@ -42,7 +42,12 @@ def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> None:
     """Hand expired leases back to the queue and close their abandoned Optuna trials."""
     reaped = queue.reap(factory)
     close_trials(
-        storage, [abandon_closing(r.optuna_trial_id, "lease expired") for r in reaped if r.optuna_trial_id]
+        storage,
+        [
+            abandon_closing(r.optuna_trial_id, "lease expired")
+            for r in reaped
+            if r.optuna_trial_id is not None
+        ],
     )
 
 
@@ -179,8 +184,9 @@ class PackAttempt:
             self.factory, [(job.job_id, job.lease_token, self.trial_ids[job.job_id]) for job in self.jobs]
         )
 
-    def report(self, points: dict[int, dict[str, Any]], metric: str) -> None:
+    def report(self, points: dict[int, dict[str, Any]]) -> None:
         """One evaluation's curve points (pack position -> point) as intermediate values."""
+        metric = self.spec.success.metric
         values = [
             (self.trial_ids[self.jobs[k].job_id], int(point["step"]), point[f"val_{metric}"])
             for k, point in points.items()

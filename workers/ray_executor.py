@@ -256,9 +256,8 @@ class _Bridge(tune.Callback):
         pack = self._pack(trial)
         if DEVICE_KEY in result:
             pack.attempt.device = f"ray/{result[DEVICE_KEY]}"
-        metric = pack.attempt.spec.success.metric
         points = json.loads(result.get(EVALS_KEY, "{}"))
-        pack.attempt.report({int(k): point for k, point in points.items()}, metric)
+        pack.attempt.report({int(k): point for k, point in points.items()})
         if RECORDS_KEY in result:
             pack.records = json.loads(result[RECORDS_KEY])
 

@@ -126,7 +126,7 @@ class Worker(Executor):
 
         def report(points: dict[int, dict[str, float]]) -> None:
             with self._timed("reporting"):
-                attempt.report(points, trainer.success_metric)
+                attempt.report(points)
 
         try:
             with self._timed("setting up"):
