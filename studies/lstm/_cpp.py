@@ -4,16 +4,19 @@
 tensors: ``auto`` (default) uses the compiled one when it builds and falls back to the Python loops
 with one logged warning when it does not (no compiler, say); ``cpp`` requires it and raises when it
 cannot be built; ``python`` never builds it. Other tensors (CUDA, other dtypes) always take the
-Python path, on accelerators with its masks kept on the device. The build (about 20 s, once) goes to
-torch's extensions directory, ``TORCH_EXTENSIONS_DIR`` if set; scripts/setup runs it ahead.
+Python path, on accelerators with its masks kept on the device. The build (about 20 s, once
+per kernel source; scripts/setup runs it ahead) goes to ``$TORCH_EXTENSIONS_DIR``, else torch's
+default extensions root, in a folder named by a hash of the sources and the build settings.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import logging
 import os
+import platform
 import shutil
 import sys
 import warnings
@@ -35,6 +38,7 @@ SOURCE_DIR = Path(__file__).parent / "csrc"
 # AVX2 variant is chosen at run time (see the .cpp), so the build runs on any CPU. -fopenmp:
 # at::parallel_for hands batch slices to torch's own OpenMP threads (the same libgomp.so.1).
 CFLAGS = ["-O3", "-fno-trapping-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 
 
 def kernel_choice() -> str:
@@ -69,8 +73,8 @@ def _build() -> tuple[Any, BaseException | None]:
             cpp_extension.load(
                 name=EXTENSION_NAME,
                 sources=[str(SOURCE_DIR / "hdetach_cpu.cpp")],
-                extra_cflags=CFLAGS,
-                extra_ldflags=["-fopenmp"],
+                extra_cflags=list(CFLAGS),  # copies: torch appends its own flags to these lists
+                extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,
@@ -83,12 +87,58 @@ def _build() -> tuple[Any, BaseException | None]:
 
 
 def build_directory() -> Path:
-    """Where the extension is built: torch's extensions root (TORCH_EXTENSIONS_DIR), one folder
-    per Python and torch version."""
+    """Where the extension is built: ``$TORCH_EXTENSIONS_DIR`` if set, else torch's default extensions
+    root, in a folder named by the Python and torch versions and build_key() of the kernel sources.
+
+    Checkouts with different kernel sources on one machine so keep separate builds (sharing one
+    folder, each rebuilt it over the other's whenever it loaded), and checkouts with identical
+    sources share one. Folders of old sources are never removed (a few MB each).
+    """
     from torch.utils import cpp_extension
 
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     version = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
-    return Path(cpp_extension.get_default_build_root()) / f"{EXTENSION_NAME}-{version}"
+    return Path(root) / f"{EXTENSION_NAME}-{version}-{build_key(SOURCE_DIR)}"
+
+
+def kernel_sources(source_dir: Path) -> list[Path]:
+    """Every file under source_dir (the .cpp and the headers it includes), hidden and backup files aside."""
+    return sorted(
+        path
+        for path in source_dir.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(source_dir).parts)
+        and not path.name.endswith("~")
+    )
+
+
+def build_key(source_dir: Path) -> str:
+    """A short hash of what goes into the build: the names (relative to source_dir) and bytes of
+    kernel_sources(source_dir), the compile and link flags, the compiler (``CXX``), the machine,
+    Python's ABI and torch's version. Where source_dir is does not count."""
+    digest = hashlib.sha256()
+
+    def part(text: str | bytes) -> None:  # length-prefixed: different inputs never run together alike
+        data = text.encode() if isinstance(text, str) else text
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for setting in (
+        " ".join(CFLAGS),
+        " ".join(LDFLAGS),
+        os.environ.get("CXX", ""),
+        platform.machine(),
+        sys.implementation.cache_tag or "",
+        getattr(sys, "abiflags", ""),
+        torch.__version__,
+        str(torch.version.cuda),
+        str(torch.version.hip),
+    ):
+        part(setting)
+    for source in kernel_sources(source_dir):
+        part(source.relative_to(source_dir).as_posix())
+        part(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,7 +278,7 @@ def test_a_lock_left_by_a_killed_loader_does_not_hang_the_next_one():
     import subprocess
     import sys
 
-    _cpp._build()  # built, so the child only loads
+    assert _cpp._build()[1] is None  # built, so the child only loads
     stale = _cpp.build_directory() / "lock"
     stale.write_text("")
     child = subprocess.run(
@@ -292,3 +293,76 @@ def test_a_lock_left_by_a_killed_loader_does_not_hang_the_next_one():
     )
     assert child.returncode == 0, child.stderr
     assert not stale.exists()
+
+
+def test_build_directory_honours_torch_extensions_dir(monkeypatch, tmp_path):
+    """As the README says (before, the build always went to torch's default root)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert _cpp.build_directory().parent == tmp_path
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert _cpp.build_directory().parent == Path(cpp_extension.get_default_build_root())
+
+
+def test_build_loads_from_the_build_directory(monkeypatch, tmp_path):
+    """_build hands torch the directory build_directory() names, and takes its lock there (no compile:
+    torch's loader is stubbed). torch appends its own link flags to the list it is given: that must
+    not change the directory afterwards."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    loads = []
+
+    def load(**kwargs):
+        loads.append(kwargs)
+        kwargs["extra_cflags"].append("-DADDED_BY_TORCH")
+        kwargs["extra_ldflags"].append("-ltorch")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    before = _cpp.build_directory()
+    _, error = _cpp._build.__wrapped__()  # the uncached body: this process's build stays as it is
+    assert error is None
+    [kwargs] = loads
+    assert Path(kwargs["build_directory"]) == before == _cpp.build_directory()
+    assert before.parent == tmp_path
+    assert (_cpp.build_directory() / "hdetach.flock").exists()
+
+
+def _copy_sources(tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name / "csrc"
+    shutil.copytree(_cpp.SOURCE_DIR, copy)
+    return copy
+
+
+def test_checkouts_with_identical_kernel_sources_share_a_build_directory(monkeypatch, tmp_path):
+    here = _cpp.build_directory()
+    for name in ("a", "b"):  # two more checkouts, elsewhere
+        monkeypatch.setattr(_cpp, "SOURCE_DIR", _copy_sources(tmp_path, name))
+        assert _cpp.build_directory() == here
+
+
+@pytest.mark.parametrize("source", sorted(p.name for p in _cpp.SOURCE_DIR.iterdir() if p.is_file()))
+def test_a_changed_kernel_source_gets_its_own_build_directory(monkeypatch, tmp_path, source):
+    """Checkouts with different kernel sources used to share one folder and rebuild it over each other."""
+    here = _cpp.build_directory()
+    copy = _copy_sources(tmp_path, "other")
+    data = bytearray((copy / source).read_bytes())
+    data[-1] ^= 1  # one bit of the last byte
+    (copy / source).write_bytes(bytes(data))
+    monkeypatch.setattr(_cpp, "SOURCE_DIR", copy)
+    other = _cpp.build_directory()
+    assert other != here and other.parent == here.parent
+
+
+def test_build_settings_and_new_files_change_the_build_directory(monkeypatch, tmp_path):
+    here = _cpp.build_directory()
+    monkeypatch.setattr(_cpp, "CFLAGS", [*_cpp.CFLAGS, "-DSOMETHING"])
+    assert _cpp.build_directory() != here
+    monkeypatch.undo()
+    copy = _copy_sources(tmp_path, "other")
+    monkeypatch.setattr(_cpp, "SOURCE_DIR", copy)
+    (copy / ".hidden.swp").write_text("an editor's")  # not a source
+    assert _cpp.build_directory() == here
+    (copy / "extra.h").write_text("// a new header\n")
+    assert _cpp.build_directory() != here
