@@ -287,8 +287,14 @@ def worker(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
     max_packs: Annotated[int | None, typer.Option(min=1, help="stop after this many packs")] = None,
+    max_infra_failures: Annotated[
+        int, typer.Option(min=1, help="infrastructure failures in a row before the worker halts")
+    ] = 5,
 ) -> None:
-    """Claim queued trials and train them on one device until stopped (SIGTERM: graceful)."""
+    """Claim queued trials and train them on one device until stopped (SIGTERM: graceful).
+
+    Exit codes: 3 when the device fails the start-up check (nothing claimed); 4 when the worker
+    halted after repeated infrastructure failures."""
     import logging
 
     from workers.worker import Worker, WorkerOptions
@@ -305,8 +311,11 @@ def worker(
         threads=threads,
         max_packs=max_packs,
         exit_when_idle=exit_when_idle,
+        max_infra_failures=max_infra_failures,
     )
-    Worker(options).run()
+    code = Worker(options).run()  # 3: device unusable; 4: halted after infrastructure failures
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("ray-run")

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from sqlalchemy import Connection, Table, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from studies.db.engine import autocommit_engine
+from studies.db.engine import autocommit_engine, retrying
 
 SCHEMA_VERSION = "v3.2.0.a"  # Optuna 5.0's alembic head
 
@@ -109,50 +109,54 @@ def start_trials(storage: RDBStorage, study_name: str, trials: Sequence[NewTrial
     if not trials:
         return []
     now = _utc_now()
-    with storage.engine.begin() as connection:
-        # PostgreSQL: numbers are counted, so one creator at a time (the study row's lock, as Optuna)
-        by_name = select(_STUDIES.c.study_id).where(_STUDIES.c.study_name == study_name)
-        if connection.dialect.name == "postgresql":
-            by_name = by_name.with_for_update()
-        study_id = connection.execute(by_name).scalar()
-        if study_id is None:
-            raise KeyError(f"no Optuna study named {study_name!r}")
-        # SQLite: this INSERT begins the transaction (its driver opens none for a SELECT), so the
-        # write lock is held before anything is counted.
-        created = connection.execute(
-            _TRIALS.insert().returning(_TRIALS.c.trial_id, sort_by_parameter_order=True),
-            [
-                {"study_id": study_id, "number": None, "state": TrialState.RUNNING, "datetime_start": now}
-                for _ in trials
-            ],
-        )
-        trial_ids = list(created.scalars())
-        earlier = _TRIALS.alias("earlier")
-        count_earlier = (
-            select(func.count())
-            .where(earlier.c.study_id == _TRIALS.c.study_id, earlier.c.trial_id < _TRIALS.c.trial_id)
-            .scalar_subquery()
-        )
-        connection.execute(
-            update(_TRIALS).where(_TRIALS.c.trial_id.in_(trial_ids)).values(number=count_earlier)
-        )
-        params, attrs = [], []
-        for trial_id, trial in zip(trial_ids, trials, strict=True):
-            for name, value in trial.params.items():
-                distribution = trial.distributions[name]
-                params.append(
-                    {
-                        "trial_id": trial_id,
-                        "param_name": name,
-                        "param_value": distribution.to_internal_repr(value),
-                        "distribution_json": distribution_to_json(distribution),
-                    }
-                )
-            attrs += _attr_rows(trial_id, trial.user_attrs)
-        if params:
-            connection.execute(_PARAMS.insert(), params)
-        if attrs:
-            connection.execute(_USER_ATTRS.insert(), attrs)
+    # A connection the server dropped is retried on a fresh one. Should a commit have gone
+    # through unacknowledged, the retry's trials are duplicates with no job pointing at them,
+    # which the reaper's sweep (workers.attempts.sweep_optuna_trials) closes as abandoned.
+    return retrying(3, storage.engine.begin, lambda connection: _start(connection, study_name, trials, now))
+
+
+def _start(connection: Connection, study_name: str, trials: Sequence[NewTrial], now: datetime) -> list[int]:
+    # PostgreSQL: numbers are counted, so one creator at a time (the study row's lock, as Optuna)
+    by_name = select(_STUDIES.c.study_id).where(_STUDIES.c.study_name == study_name)
+    if connection.dialect.name == "postgresql":
+        by_name = by_name.with_for_update()
+    study_id = connection.execute(by_name).scalar()
+    if study_id is None:
+        raise KeyError(f"no Optuna study named {study_name!r}")
+    # SQLite: this INSERT begins the transaction (its driver opens none for a SELECT), so the
+    # write lock is held before anything is counted.
+    created = connection.execute(
+        _TRIALS.insert().returning(_TRIALS.c.trial_id, sort_by_parameter_order=True),
+        [
+            {"study_id": study_id, "number": None, "state": TrialState.RUNNING, "datetime_start": now}
+            for _ in trials
+        ],
+    )
+    trial_ids = list(created.scalars())
+    earlier = _TRIALS.alias("earlier")
+    count_earlier = (
+        select(func.count())
+        .where(earlier.c.study_id == _TRIALS.c.study_id, earlier.c.trial_id < _TRIALS.c.trial_id)
+        .scalar_subquery()
+    )
+    connection.execute(update(_TRIALS).where(_TRIALS.c.trial_id.in_(trial_ids)).values(number=count_earlier))
+    params, attrs = [], []
+    for trial_id, trial in zip(trial_ids, trials, strict=True):
+        for name, value in trial.params.items():
+            distribution = trial.distributions[name]
+            params.append(
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": distribution.to_internal_repr(value),
+                    "distribution_json": distribution_to_json(distribution),
+                }
+            )
+        attrs += _attr_rows(trial_id, trial.user_attrs)
+    if params:
+        connection.execute(_PARAMS.insert(), params)
+    if attrs:
+        connection.execute(_USER_ATTRS.insert(), attrs)
     return trial_ids
 
 
@@ -174,7 +178,8 @@ def add_intermediate_values(storage: RDBStorage, values: Iterable[tuple[int, int
     engine = storage.engine
     if engine.dialect.name == "postgresql":
         engine = autocommit_engine(engine)
-    with engine.begin() as connection:
+
+    def write(connection: Connection) -> None:
         columns = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
         statement = _insert(connection, _INTERMEDIATE).from_select(columns, _RUNNING_TRIAL)
         statement = statement.on_conflict_do_update(
@@ -182,6 +187,8 @@ def add_intermediate_values(storage: RDBStorage, values: Iterable[tuple[int, int
             set_={"intermediate_value": statement.excluded.intermediate_value},
         )
         connection.execute(statement, rows)
+
+    retrying(3, engine.begin, write)  # an upsert: safe to run again on a fresh connection
 
 
 def close_trials(storage: RDBStorage, closings: Sequence[Closing]) -> list[bool]:
@@ -191,24 +198,42 @@ def close_trials(storage: RDBStorage, closings: Sequence[Closing]) -> list[bool]
     if unfinished := [c.state for c in closings if not c.state.is_finished()]:
         raise ValueError(f"{unfinished[0]} is not a final state")
     now = _utc_now()
+    # safe to run again on a fresh connection: only RUNNING trials are closed
+    return retrying(3, storage.engine.begin, lambda connection: _close(connection, closings, now))
+
+
+def _close(connection: Connection, closings: Sequence[Closing], now: datetime) -> list[bool]:
     closed = []
-    with storage.engine.begin() as connection:
-        for closing in closings:
-            ended = connection.execute(
-                update(_TRIALS)
-                .where(_TRIALS.c.trial_id == closing.trial_id, _TRIALS.c.state == TrialState.RUNNING)
-                .values(state=closing.state, datetime_complete=now)
-            )
-            closed.append(ended.rowcount == 1)
-        ended_ones = [c for c, ok in zip(closings, closed, strict=True) if ok]
-        attrs = [row for c in ended_ones for row in _attr_rows(c.trial_id, c.user_attrs)]
-        if attrs:
-            connection.execute(_upsert(connection, _USER_ATTRS, ["trial_id", "key"], "value_json"), attrs)
-        values = [
-            {"trial_id": c.trial_id, "objective": 0, "value": c.value, "value_type": _FINITE_VALUE}
-            for c in ended_ones
-            if c.value is not None
-        ]
-        if values:
-            connection.execute(_VALUES.insert(), values)
+    for closing in closings:
+        ended = connection.execute(
+            update(_TRIALS)
+            .where(_TRIALS.c.trial_id == closing.trial_id, _TRIALS.c.state == TrialState.RUNNING)
+            .values(state=closing.state, datetime_complete=now)
+        )
+        closed.append(ended.rowcount == 1)
+    ended_ones = [c for c, ok in zip(closings, closed, strict=True) if ok]
+    attrs = [row for c in ended_ones for row in _attr_rows(c.trial_id, c.user_attrs)]
+    if attrs:
+        connection.execute(_upsert(connection, _USER_ATTRS, ["trial_id", "key"], "value_json"), attrs)
+    values = [
+        {"trial_id": c.trial_id, "objective": 0, "value": c.value, "value_type": _FINITE_VALUE}
+        for c in ended_ones
+        if c.value is not None
+    ]
+    if values:
+        connection.execute(_VALUES.insert(), values)
     return closed
+
+
+def running_trials_with(storage: RDBStorage, keys: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """RUNNING trials that have the user attr `keys[0]`, each with those of `keys` it has."""
+    statement = (
+        select(_USER_ATTRS.c.trial_id, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json)
+        .join(_TRIALS, _TRIALS.c.trial_id == _USER_ATTRS.c.trial_id)
+        .where(_TRIALS.c.state == TrialState.RUNNING, _USER_ATTRS.c.key.in_(list(keys)))
+    )
+    found: dict[int, dict[str, Any]] = {}
+    with storage.engine.connect() as connection:
+        for trial_id, key, value_json in connection.execute(statement):
+            found.setdefault(trial_id, {})[key] = json.loads(value_json)
+    return sorted((trial_id, attrs) for trial_id, attrs in found.items() if keys[0] in attrs)

@@ -122,6 +122,21 @@ def start_trials(
     ]
 
 
+def running_trials_with(storage: RDBStorage, keys: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """RUNNING trials, of any study, that have the user attr `keys[0]`, each with those of `keys`
+    it has: (trial id, attrs)."""
+    if optuna_rows.supported(storage):
+        return optuna_rows.running_trials_with(storage, keys)
+    found = []
+    for study in storage.get_all_studies():
+        for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if keys[0] in trial.user_attrs:
+                found.append(
+                    (trial._trial_id, {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs})
+                )
+    return sorted(found)
+
+
 def report_values(storage: RDBStorage, values: Iterable[tuple[int, int, float]]) -> None:
     """(trial id, step, value) learning-curve points; non-finite values and ended trials are skipped."""
     finite = [(trial_id, step, value) for trial_id, step, value in values if math.isfinite(value)]

@@ -6,6 +6,8 @@ study's database rows and Optuna trials look the same whichever engine ran it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
+from studies.db.models import JobState
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
 from studies.tracking import (
@@ -29,17 +32,25 @@ from studies.tracking import (
     open_storage,
     report_values,
     result_closing,
+    running_trials_with,
     start_trials,
 )
 from studies.training import TrialRecord
+from workers import faults
 
 log = logging.getLogger("hdetach.leases")
 
 RECORDED = frozenset({"completed", "succeeded", "diverged"})  # trainer statuses that are results
 
 
-def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> None:
-    """Hand expired leases back to the queue and close their abandoned Optuna trials."""
+def lease_tag(token: str) -> str:
+    """What an Optuna trial records of the lease it was opened under: a digest, not the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> bool:
+    """Hand expired leases back to the queue and close their abandoned Optuna trials; then, if any
+    were reaped, sweep Optuna for what their dead workers left. True if any were reaped."""
     reaped = queue.reap(factory)
     close_trials(
         storage,
@@ -49,6 +60,43 @@ def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> None:
             if r.optuna_trial_id is not None
         ],
     )
+    if reaped:
+        sweep_optuna_trials(factory, storage)
+    return bool(reaped)
+
+
+def sweep_optuna_trials(factory: sessionmaker[Session], storage: RDBStorage) -> int:
+    """Finish the Optuna trials a dead worker left RUNNING; returns how many were closed.
+
+    A worker writes an attempt in two databases' worth of steps, and may die between any two:
+    after opening its Optuna trials but before its jobs point at them (the trials would stay
+    RUNNING for ever), or after recording results in our tables but before closing its trials
+    (the cells would be done with no recorded Optuna trial). Each trial carries its job id and a
+    digest of the lease it was opened under, so a RUNNING trial is live only while its job is
+    still running under that lease. Otherwise: if the job recorded its result under this very
+    trial, the result is written to Optuna as the worker would have; else the trial is closed as
+    abandoned. A worker racing this writes the same thing, and only RUNNING trials are closed.
+    """
+    running = running_trials_with(storage, ("job_id", "lease"))
+    if not running:
+        return 0
+    jobs = queue.job_outcomes(factory, [int(attrs["job_id"]) for _, attrs in running])
+    closings = []
+    for trial_id, attrs in running:
+        job = jobs.get(int(attrs["job_id"]))
+        if job is None:
+            closings.append(abandon_closing(trial_id, "its job was deleted"))
+            continue
+        if job.state == JobState.RUNNING and (
+            "lease" not in attrs or (job.lease_token and lease_tag(job.lease_token) == attrs["lease"])
+        ):
+            continue  # live (or opened before trials carried their lease: left to the reaper)
+        if job.state == JobState.DONE and job.optuna_trial_id == trial_id and job.result_json:
+            metric = StudySpec.model_validate_json(job.spec_json).success.metric
+            closings.append(result_closing(trial_id, metric, json.loads(job.result_json)))
+        else:
+            closings.append(abandon_closing(trial_id, f"its worker died (job now {job.state})"))
+    return sum(close_trials(storage, closings))
 
 
 class LeaseKeeper:
@@ -152,6 +200,7 @@ class PackAttempt:
     worker_id: str
     device: str
     trial_ids: dict[int, int] = field(default_factory=dict)  # job id -> Optuna trial id
+    recorded: set[int] = field(default_factory=set)  # job ids whose result is in our tables
 
     @cached_property
     def spec(self) -> StudySpec:
@@ -163,9 +212,13 @@ class PackAttempt:
             for j in self.jobs
         ]
 
+    def __post_init__(self) -> None:
+        if len({job.study_id for job in self.jobs}) != 1:
+            raise ValueError("a pack holds the jobs of exactly one study")
+
     def open(self) -> None:
         """Start one RUNNING Optuna trial per job (one transaction) and remember it on the job row."""
-        spec, first = self.spec, self.jobs[0]  # a pack is one study's jobs
+        spec, first = self.spec, self.jobs[0]
         starts = [
             (
                 cell,
@@ -174,18 +227,21 @@ class PackAttempt:
                     "worker": self.worker_id,
                     "device": self.device,
                     "job_id": job.job_id,
+                    "lease": lease_tag(job.lease_token),
                 },
             )
             for job, cell in zip(self.jobs, self.cells(), strict=True)
         ]
         trial_ids = start_trials(self.storage, first.optuna_study_name, spec, starts, first.study_id)
         self.trial_ids = {job.job_id: trial_id for job, trial_id in zip(self.jobs, trial_ids, strict=True)}
+        faults.hit("trials-started")
         queue.set_optuna_trials(
             self.factory, [(job.job_id, job.lease_token, self.trial_ids[job.job_id]) for job in self.jobs]
         )
 
     def report(self, points: dict[int, dict[str, Any]]) -> None:
         """One evaluation's curve points (pack position -> point) as intermediate values."""
+        faults.hit("curve-write")
         metric = self.spec.success.metric
         values = [
             (self.trial_ids[self.jobs[k].job_id], int(point["step"]), point[f"val_{metric}"])
@@ -208,14 +264,18 @@ class PackAttempt:
                 results[job.job_id] = record | extra
             else:
                 outcomes[job.job_id] = self._give_back(job, record["status"])
-        recorded = queue.complete_many(
+        # Kept across calls: settle runs again when the database went away part-way, and a result
+        # recorded by an earlier call must still close its trial as recorded.
+        self.recorded |= queue.complete_many(
             self.factory,
             [
                 (job.job_id, job.lease_token, results[job.job_id])
                 for job in self.jobs
-                if job.job_id in results
+                if job.job_id in results and job.job_id not in self.recorded
             ],
         )
+        recorded = self.recorded
+        faults.hit("results-recorded")
         metric = self.spec.success.metric
         closings = []
         for job in self.jobs:
@@ -240,16 +300,35 @@ class PackAttempt:
         return "released (worker stopping)"
 
     def fail(self, message: str) -> None:
-        """The attempt raised: each job is queued again, or failed for good after max_attempts."""
+        """The trial raised: each job is queued again, or failed for good after max_attempts."""
         for job in self.jobs:
             queue.fail(self.factory, job.job_id, job.lease_token, message)
         self.abandon(f"error: {message[:200]}")
+
+    def give_back(self, message: str) -> None:
+        """An infrastructure error: each job goes back to the queue, no attempt spent.
+
+        With the database itself down this may not get through; the leases then expire and the
+        reaper hands the jobs back, again without spending an attempt."""
+        for job in self.jobs:
+            queue.release(self.factory, job.job_id, job.lease_token, f"infrastructure: {message}")
+        self.abandon(f"infrastructure error: {message[:200]}")
 
     def abandon(self, outcome: str) -> None:
         """Close this attempt's trials, those that were opened, as recording nothing."""
         close_trials(
             self.storage, [abandon_closing(trial_id, outcome) for trial_id in self.trial_ids.values()]
         )
+
+    def split(self, outcome: str) -> list[PackAttempt]:
+        """Close this attempt's trials and hand its jobs on as two smaller packs, still held and
+        with their attempt numbers unchanged (a pack too large for the device is not the trials' fault)."""
+        self.abandon(outcome)
+        half = len(self.jobs) // 2
+        return [
+            PackAttempt(self.factory, self.storage, jobs, self.worker_id, self.device)
+            for jobs in (self.jobs[:half], self.jobs[half:])
+        ]
 
     def next_attempt(self, error: str) -> PackAttempt:
         """This attempt failed but the jobs stay held (the executor retries them itself): close its

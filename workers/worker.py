@@ -2,8 +2,14 @@
 
 One worker per device. The loop (`Worker.run`) has explicit exits: a first SIGTERM or SIGINT
 finishes the current evaluation interval and gives back what it holds; a second one exits at
-once. A SIGKILL loses nothing but time: the leases expire, the reaper requeues the jobs, and a
-late report from the killed attempt would be rejected.
+once. A SIGKILL loses nothing but time: the leases expire, the reaper requeues the jobs (no
+attempt spent), and a late report from the killed attempt would be rejected.
+
+Failures are told apart (`workers.failures`): a trial error spends an attempt; an infrastructure
+error gives the jobs back unspent and the worker backs off, and after `max_infra_failures` in a
+row it halts (status `halted`, with the reason, in hd_workers) and exits with `EXIT_HALTED`; an
+out-of-memory error halves the pack and retries down to one trial. Before claiming anything the
+worker trains a tiny model on its device, and exits with `EXIT_DEVICE_UNUSABLE` if it cannot.
 """
 
 from __future__ import annotations
@@ -25,12 +31,34 @@ import torch
 from sqlalchemy.exc import DBAPIError
 
 from studies import queue
-from studies.db.models import Engine
+from studies.db.models import Engine, WorkerStatus
+from studies.lstm import PackedHDetachLSTM
 from studies.queue import ClaimedJob
 from studies.training import PackTrainer
-from workers.attempts import Executor, PackAttempt, reap_expired
+from workers import faults
+from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials
+from workers.failures import FailureKind, InfrastructureError, classify, one_line
 
 log = logging.getLogger("hdetach.worker")
+
+EXIT_DEVICE_UNUSABLE = 3  # the device failed its start-up check; nothing was claimed
+EXIT_HALTED = 4  # stopped claiming after repeated infrastructure failures
+
+
+def check_device(device: str) -> None:
+    """Train a tiny packed h-detach LSTM one step on `device`; InfrastructureError if it cannot."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise InfrastructureError(f"{device!r} is not a device: {one_line(error)}") from error
+    try:
+        model = PackedHDetachLSTM(2, 3, 4, p_detach=[0.0, 0.5], device=where)
+        output, _ = model(torch.randn(5, 2, 2, 3, device=where))
+        output.square().sum().backward()
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
+    except Exception as error:
+        raise InfrastructureError(f"device {device} is not usable: {one_line(error)}") from error
 
 
 @dataclass
@@ -44,6 +72,9 @@ class WorkerOptions:
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     max_packs: int | None = None  # stop after this many packs (tests, benchmarks)
     exit_when_idle: bool = False  # stop when the queue is empty instead of polling
+    max_infra_failures: int = 5  # infrastructure failures in a row before the worker halts
+    max_backoff_seconds: float = 60.0  # longest wait after an infrastructure failure
+    settle_tries: int = 5  # tries at recording a trained pack while the database is away
 
 
 class Worker(Executor):
@@ -56,19 +87,33 @@ class Worker(Executor):
         self.seconds: defaultdict[str, float] = defaultdict(float)
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> int:
+        """Work until stopped; the exit code: 0, EXIT_DEVICE_UNUSABLE or EXIT_HALTED."""
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
+        try:
+            check_device(self.options.device)
+        except InfrastructureError as error:
+            log.error("%s; not claiming any work", error)
+            self.close()
+            return EXIT_DEVICE_UNUSABLE
         self._install_signal_handlers()
         queue.register_worker(
             self.factory, self.id, socket.gethostname(), os.getpid(), self.options.device, self.options.pack
         )
         self.leases.start()
+        exit_code = 0
+        in_a_row = 0  # infrastructure failures since the last pack that did not have one
+        last_sweep = -float("inf")
         try:
             while not self.stop_requested.is_set():
                 try:
                     with self._timed("claiming"):
-                        reap_expired(self.factory, self.storage)
+                        if not reap_expired(self.factory, self.storage) and (
+                            time.monotonic() - last_sweep > self.options.lease_seconds
+                        ):
+                            sweep_optuna_trials(self.factory, self.storage)  # also at start-up
+                            last_sweep = time.monotonic()
                         jobs = queue.claim(
                             self.factory, self.id, self.options.pack, self.options.lease_seconds
                         )
@@ -77,8 +122,17 @@ class Worker(Executor):
                     self.stop_requested.wait(self.options.poll_seconds)
                     continue
                 if jobs:
-                    self._train_pack(jobs)
+                    failure = self._train_pack(jobs)
                     self.packs_done += 1
+                    if failure is None:
+                        in_a_row = 0
+                    else:
+                        in_a_row += 1
+                        if in_a_row >= self.options.max_infra_failures:
+                            self._halt(f"{in_a_row} infrastructure failures in a row, the last: {failure}")
+                            exit_code = EXIT_HALTED
+                            break
+                        self.stop_requested.wait(self._backoff(in_a_row))
                     if self.options.max_packs is not None and self.packs_done >= self.options.max_packs:
                         break
                 elif self.options.exit_when_idle and queue.unfinished_jobs(self.factory, Engine.QUEUE) == 0:
@@ -86,11 +140,26 @@ class Worker(Executor):
                 else:
                     self.stop_requested.wait(self.options.poll_seconds)
         finally:
-            self.leases.release_all("worker stopping")
             self.leases.stop()
             self.stop_requested.set()
-            queue.worker_stopped(self.factory, self.id)
+            try:
+                self.leases.release_all("worker stopping")
+                if exit_code != EXIT_HALTED:
+                    queue.worker_stopped(self.factory, self.id)
+            except DBAPIError as error:  # the leases expire and the reaper hands the jobs back
+                log.warning("could not give back jobs or sign off (%s)", error.orig)
             self.close()
+        return exit_code
+
+    def _backoff(self, in_a_row: int) -> float:
+        return min(self.options.max_backoff_seconds, self.options.poll_seconds * 2 ** (in_a_row - 1))
+
+    def _halt(self, reason: str) -> None:
+        log.error("halting: %s; no more claims from this worker", reason)
+        try:
+            queue.set_worker_status(self.factory, self.id, WorkerStatus.HALTED, reason=reason)
+        except DBAPIError as error:
+            log.warning("could not record the halt (%s)", error.orig)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -114,22 +183,33 @@ class Worker(Executor):
         finally:
             self.seconds[phase] += time.perf_counter() - started
 
-    def _train_pack(self, jobs: list[ClaimedJob]) -> None:
-        attempt = PackAttempt(self.factory, self.storage, jobs, self.id, self.options.device)
-        with self._timed("opening"):
-            attempt.open()
+    def _train_pack(self, jobs: list[ClaimedJob]) -> str | None:
+        """Train and record one claimed pack; returns the infrastructure error, if there was one."""
         self.leases.hold(jobs)
-        spec = attempt.spec
-        log.info(
-            "training %d trials of study %s as one pack on %s", len(jobs), jobs[0].study_id, attempt.device
-        )
-
-        def report(points: dict[int, dict[str, float]]) -> None:
-            with self._timed("reporting"):
-                attempt.report(points)
-
         try:
+            return self._attempt(PackAttempt(self.factory, self.storage, jobs, self.id, self.options.device))
+        finally:
+            self.leases.forget(jobs)
+
+    def _attempt(self, attempt: PackAttempt) -> str | None:
+        jobs = attempt.jobs
+        try:
+            with self._timed("opening"):
+                attempt.open()
+            spec = attempt.spec
+            log.info(
+                "training %d trials of study %s as one pack on %s",
+                len(jobs),
+                jobs[0].study_id,
+                attempt.device,
+            )
+
+            def report(points: dict[int, dict[str, float]]) -> None:
+                with self._timed("reporting"):
+                    attempt.report(points)
+
             with self._timed("setting up"):
+                faults.hit("training", len(jobs))
                 trainer = PackTrainer(
                     spec.training_config(),
                     [c.trial_params(spec) for c in attempt.cells()],
@@ -140,14 +220,47 @@ class Worker(Executor):
                 records = trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
             self.seconds["training"] -= self.seconds["reporting"] - reported
         except Exception as error:
-            log.exception("pack failed")
-            with self._timed("settling"):
-                attempt.fail("".join(traceback.format_exception_only(error)).strip())
+            return self._attempt_failed(attempt, error)
+        with self._timed("settling"):
+            self._settle(attempt, records)
+        return None
+
+    def _attempt_failed(self, attempt: PackAttempt, error: Exception) -> str | None:
+        kind, message = classify(error), one_line(error)
+        if kind is FailureKind.OUT_OF_MEMORY and len(attempt.jobs) > 1:
+            log.warning("out of memory with %d trials (%s): halving the pack", len(attempt.jobs), message)
+            for half in attempt.split(f"out of memory, pack halved: {message}"):
+                if failure := self._attempt(half):
+                    return failure
+            return None
+        if kind is FailureKind.INFRASTRUCTURE:
+            log.warning("infrastructure error, giving the jobs back (no attempt spent): %s", message)
         else:
+            log.error("pack failed: %s", "".join(traceback.format_exception(error)).strip())
+        try:
             with self._timed("settling"):
+                if kind is FailureKind.INFRASTRUCTURE:
+                    attempt.give_back(message)
+                else:
+                    attempt.fail(message)
+        except DBAPIError as db_error:  # the leases expire; the reaper hands the jobs back unspent
+            log.warning("could not hand the jobs back (%s)", db_error.orig)
+            return message
+        return message if kind is FailureKind.INFRASTRUCTURE else None
+
+    def _settle(self, attempt: PackAttempt, records: list[Any]) -> None:
+        """Record a trained pack; while the database is away, try again (the leases are still held
+        and the heartbeat renews them once it is back)."""
+        for tries in range(1, self.options.settle_tries + 1):
+            try:
                 attempt.settle(records)
-        finally:
-            self.leases.forget(jobs)
+                return
+            except DBAPIError as error:
+                if tries == self.options.settle_tries:
+                    log.error("could not record the pack (%s); its leases will expire", error.orig)
+                    return
+                log.warning("could not record the pack (%s); trying again", error.orig)
+                time.sleep(self._backoff(tries))
 
     def _should_stop(self, trainer: PackTrainer, jobs: list[ClaimedJob]) -> bool:
         lost, cancelled = self.leases.lost, self.leases.cancelled

@@ -103,9 +103,7 @@ def is_transient(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES or exc.connection_invalidated
 
 
-def _retrying(
-    attempts: int, open_scope: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]
-) -> T:
+def retrying(attempts: int, open_scope: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]) -> T:
     """`work` in a fresh scope (transaction or connection), again while the failure is transient."""
     for attempt in range(1, attempts + 1):
         try:
@@ -123,7 +121,7 @@ def run_core_transaction(
     """Like `run_transaction`, on a bare Connection: for the queue's hot paths, which run Core
     statements only and so need none of the Session's bookkeeping."""
     engine: Engine = factory.kw["bind"]
-    return _retrying(attempts, engine.begin, work)
+    return retrying(attempts, engine.begin, work)
 
 
 _autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
@@ -148,13 +146,13 @@ def run_autocommit(factory: sessionmaker[Session], work: Callable[[Connection], 
     engine: Engine = factory.kw["bind"]
     if engine.dialect.name == "sqlite":
         return run_core_transaction(factory, work, attempts)
-    return _retrying(attempts, autocommit_engine(engine).connect, work)
+    return retrying(attempts, autocommit_engine(engine).connect, work)
 
 
 def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3) -> T:
     """`work(session)` in one transaction, run again if PostgreSQL aborts it as a deadlock victim
     or the pooled connection turns out to be dead (server restarted: the pool is then invalidated)."""
-    return _retrying(attempts, lambda: session_scope(factory), work)
+    return retrying(attempts, lambda: session_scope(factory), work)
 
 
 def alembic_config(url: str | URL) -> Config:

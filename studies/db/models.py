@@ -63,6 +63,7 @@ class WorkerStatus(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    HALTED = "halted"  # stopped claiming after repeated infrastructure failures (see `reason`)
 
 
 def utcnow() -> datetime:
@@ -148,6 +149,8 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)  # copied from the study
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # incremented at each claim
+    # leases that expired (worker killed, node lost): infrastructure, so not counted in `attempts`
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     lease_token: Mapped[str | None] = mapped_column(String(32))  # uuid4 hex, new at every claim
@@ -172,3 +175,4 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.RUNNING)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it halted, or its last infrastructure error

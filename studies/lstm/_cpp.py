@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from studies.lstm.errors import KernelBuildError
+
 log = logging.getLogger(__name__)
 
 KERNEL_ENV = "HDETACH_LSTM_KERNEL"
@@ -163,7 +165,7 @@ def cpp_ops() -> Any | None:
     ops, error = _build()
     if error is not None:
         if choice == "cpp":
-            raise RuntimeError(f"{KERNEL_ENV}=cpp but the CPU extension could not be built") from error
+            raise KernelBuildError(f"{KERNEL_ENV}=cpp but the CPU extension could not be built") from error
         _warn_fallback(error)
     return ops
 
@@ -172,7 +174,7 @@ def compiled_ops() -> Any:
     """The ops namespace, for callers that uses_cpp() has sent down the C++ path."""
     ops, error = _build()
     if ops is None:
-        raise RuntimeError("the h-detach LSTM's CPU extension could not be built") from error
+        raise KernelBuildError("the h-detach LSTM's CPU extension could not be built") from error
     return ops
 
 

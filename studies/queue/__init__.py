@@ -19,7 +19,16 @@ from studies.queue.leases import (
     set_optuna_trial,
     set_optuna_trials,
 )
-from studies.queue.reads import get_job, get_study, job_counts, list_jobs, list_studies, unfinished_jobs
+from studies.queue.reads import (
+    JobOutcome,
+    get_job,
+    get_study,
+    job_counts,
+    job_outcomes,
+    list_jobs,
+    list_studies,
+    unfinished_jobs,
+)
 from studies.queue.retry import RetryDecision, RetryPolicy
 from studies.queue.submission import (
     cancel_study,
@@ -35,6 +44,7 @@ __all__ = [
     "CancelResult",
     "ClaimedJob",
     "HeartbeatReply",
+    "JobOutcome",
     "ReapedJob",
     "RetryDecision",
     "RetryPolicy",
@@ -50,6 +60,7 @@ __all__ = [
     "get_study",
     "heartbeat",
     "job_counts",
+    "job_outcomes",
     "list_jobs",
     "list_studies",
     "list_workers",

@@ -72,8 +72,8 @@ def _new_token(dialect: str) -> Any:
 
 
 @cache
-def _take_queued(dialect: str, by_pack_key: bool, first_of: tuple[bool, bool] | None = None) -> Update:
-    """Lease a study's oldest queued jobs (of one pack key, if given) in one UPDATE ... RETURNING.
+def _take_queued(dialect: str, first_of: tuple[bool, bool] | None = None) -> Update:
+    """Lease a study's oldest queued jobs in one UPDATE ... RETURNING.
 
     The study is `:b_study`, or with `first_of` (the claim-order filters) the first study in
     claim order that has queued jobs, so the usual claim is a single statement.
@@ -83,8 +83,6 @@ def _take_queued(dialect: str, by_pack_key: bool, first_of: tuple[bool, bool] | 
     study = bindparam("b_study") if first_of is None else _first_study(*first_of)
     # bind names must differ from column names in an UPDATE
     pick = select(JOBS.c.id).where(JOBS.c.study_id == study, JOBS.c.state == JobState.QUEUED)
-    if by_pack_key:
-        pick = pick.where(JOBS.c.pack_key == bindparam("b_pack_key"))
     # A MATERIALIZED CTE runs the pick exactly once. As a plain IN (subquery), PostgreSQL leased
     # more rows than the LIMIT (tests/studies/test_queue.py caught it).
     picked = (
@@ -168,10 +166,11 @@ def claim(
 
     Queue workers claim from studies whose engine is the queue; a Ray driver passes
     `engine=Engine.RAY`, or `engine=None` with the `study_id` it was asked to run.
-    The first study in claim order with a queued job fixes the pack key; the pack is filled from
-    that study, then from the next studies in the same order whose jobs share the key. The usual
-    claim is one statement: the first study's jobs; the others are asked for only when the pack
-    is not full, or when every queued job of the first study was locked by other claimers.
+    A pack holds jobs of one study only, so each result is recorded under its own study's
+    bookkeeping (two studies with equal shapes once shared a pack, and their Optuna trials went to
+    the first study). The usual claim is one statement: the first study in claim order with a
+    queued job; later studies are asked only when every queued job of that one was locked by other
+    claimers.
     """
     if max_jobs < 1:
         raise ValueError("max_jobs must be at least 1")
@@ -183,22 +182,19 @@ def claim(
 
     def work(connection: Connection) -> tuple[list[Row[Any]], dict[int, _StudyInfo]]:
         dialect = connection.dialect.name
-        rows = list(connection.execute(_take_queued(dialect, False, filters), {**params, "limit": max_jobs}))
-        if len(rows) < max_jobs:
-            taken = {row.study_id for row in rows}
+        rows = list(connection.execute(_take_queued(dialect, filters), {**params, "limit": max_jobs}))
+        if not rows:  # every queued job of the first study was locked by other claimers: try the next
             for candidate in connection.scalars(_claim_order(*filters), params):
-                if candidate in taken:
-                    continue
-                by_key = {"b_pack_key": rows[0].pack_key} if rows else {}
-                take = _take_queued(dialect, bool(by_key))
-                rows += connection.execute(
-                    take, {**params, **by_key, "b_study": candidate, "limit": max_jobs - len(rows)}
+                rows = list(
+                    connection.execute(
+                        _take_queued(dialect), {**params, "b_study": candidate, "limit": max_jobs}
+                    )
                 )
-                if len(rows) == max_jobs:
+                if rows:
                     break
         if not rows:
             return [], {}
-        return rows, _studies_of(connection, {row.study_id for row in rows}, now)
+        return rows, _studies_of(connection, {rows[0].study_id}, now)
 
     # Each statement of a claim is safe alone (PostgreSQL runs them in autocommit): leased rows
     # that never reach this worker, should it die in between, come back through the reaper.
@@ -221,5 +217,5 @@ def claim(
             spec_json=studies[row.study_id].spec_json,
             optuna_study_name=studies[row.study_id].optuna_study_name,
         )
-        for row in sorted(rows, key=lambda row: (row.study_id != rows[0].study_id, row.id))
+        for row in sorted(rows, key=lambda row: row.id)
     ]

@@ -273,7 +273,8 @@ _UNSETTLED = select(STUDIES.c.id).where(
 
 
 def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[ReapedJob]:
-    """Running jobs whose lease has expired: back to the queue, or failed after `max_attempts`."""
+    """Running jobs whose lease has expired: back to the queue without spending an attempt (the
+    worker died, not the trial), or failed after `MAX_LOST_LEASES` lost leases."""
     now = resolve_now(now)
 
     def work(session: Session) -> list[ReapedJob]:
@@ -286,9 +287,13 @@ def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[Re
         ).all()
         reaped = []
         for job, cancel_requested in rows:
-            decision = RetryPolicy(job.max_attempts).decide(job.attempts, cancel_requested)
+            # an infrastructure failure: the claim's attempt is given back, the lost lease counted
+            job.attempts -= 1
+            job.lost_leases += 1
+            decision = RetryPolicy(job.max_attempts).decide_lost(job.lost_leases, cancel_requested)
             reaped.append(ReapedJob(job.id, job.study_id, job.worker_id, job.optuna_trial_id, decision.state))
-            _end_attempt(job, decision.state, now, f"lease expired (worker {job.worker_id})")
+            error = f"lease expired (worker {job.worker_id})"
+            _end_attempt(job, decision.state, now, error if decision.retry else f"{error}; {decision.reason}")
         # and studies left unsettled by a process that died between completing and settling
         unsettled = set(session.scalars(_UNSETTLED))
         for study_id in sorted({job.study_id for job in reaped} | unsettled):

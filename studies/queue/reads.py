@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,3 +71,28 @@ def unfinished_jobs(factory: sessionmaker[Session], engine: Engine | None = None
         statement = statement.where(Study.engine == engine)
     with session_scope(factory, readonly=True) as session:
         return int(session.scalar(statement) or 0)
+
+
+class JobOutcome(NamedTuple):
+    """What the Optuna sweep needs to know of a job: where it stands and what it recorded."""
+
+    job_id: int
+    state: str
+    lease_token: str | None
+    optuna_trial_id: int | None
+    result_json: str | None
+    spec_json: str
+
+
+def job_outcomes(factory: sessionmaker[Session], job_ids: Iterable[int]) -> dict[int, JobOutcome]:
+    """Those of `job_ids` that still exist (a deleted study's jobs are gone), by id."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    statement = (
+        select(Job.id, Job.state, Job.lease_token, Job.optuna_trial_id, Job.result_json, Study.spec_json)
+        .join(Study, Study.id == Job.study_id)
+        .where(Job.id.in_(ids))
+    )
+    with session_scope(factory, readonly=True) as session:
+        return {row[0]: JobOutcome(*row) for row in session.execute(statement)}

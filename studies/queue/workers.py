@@ -37,8 +37,13 @@ def register_worker(
 
 
 def set_worker_status(
-    factory: sessionmaker[Session], worker_id: str, status: WorkerStatus, now: datetime | None = None
+    factory: sessionmaker[Session],
+    worker_id: str,
+    status: WorkerStatus,
+    now: datetime | None = None,
+    reason: str | None = None,
 ) -> None:
+    """`reason`: why (a halted worker says what failed); kept until the next status with one."""
     now = resolve_now(now)
 
     def work(session: Session) -> None:
@@ -47,6 +52,8 @@ def set_worker_status(
             raise NotFound(f"no worker {worker_id}")
         worker.status = status
         worker.last_heartbeat = now
+        if reason is not None:
+            worker.reason = reason
 
     run_transaction(factory, work)
 

@@ -40,6 +40,7 @@ from studies.db import (
 )
 from studies.db.engine import VERSION_TABLE, alembic_config
 from studies.exceptions import Conflict, NotFound, SpecError
+from studies.queue.retry import MAX_LOST_LEASES
 from studies.spec import SpecLimits, StudySpec
 
 PG_URL = os.environ.get("HDETACH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -188,8 +189,10 @@ def test_claim_takes_the_highest_priority_first(factory: sessionmaker[Session]) 
     high = queue.submit_study(factory, make_spec("high", priority=5))  # same config: one pack key
 
     claimed = queue.claim(factory, "w", max_jobs=9, lease_seconds=LEASE)
+    then = queue.claim(factory, "w", max_jobs=9, lease_seconds=LEASE)
 
-    assert [j.study_id for j in claimed] == [high] * 8 + [low]
+    assert [j.study_id for j in claimed] == [high] * 8  # one study per pack, though room is left
+    assert [j.study_id for j in then] == [low] * 8
     assert queue.get_study(factory, high).status == queue.get_study(factory, low).status == "running"
 
 
@@ -221,6 +224,18 @@ def test_claim_packs_one_pack_key_and_never_exceeds_max_jobs(factory: sessionmak
         T0,
         second[0].lease_token,
     )
+
+
+def test_a_pack_never_mixes_studies_even_when_their_shapes_match(factory: sessionmaker[Session]) -> None:
+    # the same spec submitted twice, the second with more seeds: equal pack keys
+    first_id = queue.submit_study(factory, make_spec("same", seeds=(1, 2)))  # 8 jobs
+    second_id = queue.submit_study(factory, make_spec("same", seeds=(1, 2, 3)))  # 12 jobs
+
+    packs = [queue.claim(factory, f"w{i}", max_jobs=16, lease_seconds=LEASE, now=T0) for i in range(3)]
+
+    assert [{j.study_id for j in pack} for pack in packs] == [{first_id}, {second_id}, set()]
+    assert [len(pack) for pack in packs] == [8, 12, 0]
+    assert packs[0][0].pack_key == packs[1][0].pack_key
 
 
 def test_claim_returns_nothing_when_the_queue_is_empty(factory: sessionmaker[Session]) -> None:
@@ -331,8 +346,9 @@ def test_reap_requeues_expired_leases_and_rejects_the_late_report(factory: sessi
         None,
         "lease expired (worker w1)",
     )
+    assert (job.attempts, job.lost_leases) == (0, 1)  # the worker died, not the trial: no attempt spent
     (new,) = queue.claim(factory, "w2", max_jobs=1, lease_seconds=10, now=T0 + timedelta(seconds=12))
-    assert (new.job_id, new.attempt) == (old.job_id, 2) and new.lease_token != old.lease_token
+    assert (new.job_id, new.attempt) == (old.job_id, 1) and new.lease_token != old.lease_token
     assert not queue.complete(factory, old.job_id, old.lease_token, {"from": "w1"})
     assert queue.complete(factory, new.job_id, new.lease_token, {"from": "w2"})
     assert json.loads(queue.get_job(factory, old.job_id).result_json or "") == {"from": "w2"}
@@ -349,7 +365,10 @@ def test_fail_retries_until_max_attempts_then_fails(factory: sessionmaker[Sessio
     (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
     assert (
         job.attempt == 2 and queue.reap(factory, now=T0 + timedelta(seconds=LEASE + 1))[0].state == "queued"
-    )
+    )  # a lost lease is not counted
+    (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+    assert job.attempt == 2
+    assert queue.fail(factory, job.job_id, job.lease_token, "boom 2")
     (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
     assert job.attempt == 3
     assert queue.fail(factory, job.job_id, job.lease_token, "boom 3")
@@ -360,11 +379,21 @@ def test_fail_retries_until_max_attempts_then_fails(factory: sessionmaker[Sessio
     assert queue.get_study(factory, study_id).status == "failed"
 
 
-def test_reap_fails_a_job_out_of_attempts(factory: sessionmaker[Session]) -> None:
+def test_lost_leases_spend_no_attempt_but_a_job_that_always_loses_its_lease_ends(
+    factory: sessionmaker[Session],
+) -> None:
     queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0,)), max_attempts=1)
-    (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
-    (reaped,) = queue.reap(factory, now=T0 + timedelta(seconds=LEASE + 1))
-    assert reaped.state == "failed" and queue.get_job(factory, job.job_id).state == "failed"
+    states = []
+    for k in range(MAX_LOST_LEASES):
+        now = T0 + timedelta(seconds=k * (LEASE + 1))
+        (job,) = queue.claim(factory, "w", 1, LEASE, now=now)
+        assert job.attempt == 1  # the one attempt allowed is never spent by a lost lease
+        (reaped,) = queue.reap(factory, now=now + timedelta(seconds=LEASE + 1))
+        states.append(reaped.state)
+    assert states == ["queued"] * (MAX_LOST_LEASES - 1) + ["failed"]
+    stored = queue.get_job(factory, job.job_id)
+    assert (stored.state, stored.attempts, stored.lost_leases) == ("failed", 0, MAX_LOST_LEASES)
+    assert "lease was lost 10 times" in (stored.last_error or "")
 
 
 # -- cancel and delete -----------------------------------------------------------------------
