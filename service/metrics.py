@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from hdetach.studies_app import Backend
 from studies.db.engine import session_scope
-from studies.db.models import Job, JobState, Worker
+from studies.db.models import Job, JobState, Worker, WorkerStatus
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
@@ -28,7 +29,9 @@ class QueueCollector(Collector):
                 for text in session.scalars(select(Job.result_json).where(Job.state == JobState.DONE))
                 if text
             ]
-            workers = session.execute(select(Worker.id, Worker.device, Worker.last_heartbeat)).all()
+            workers = session.execute(
+                select(Worker.id, Worker.device, Worker.last_heartbeat, Worker.status)
+            ).all()
         depth = GaugeMetricFamily("hdetach_jobs", "jobs by state", labels=["state"])
         for state in JobState:
             depth.add_metric([state.value], counts.get(state.value, 0))
@@ -52,9 +55,18 @@ class QueueCollector(Collector):
             "last heartbeat of each worker",
             labels=["worker", "device"],
         )
-        for worker_id, device, last in workers:
+        for worker_id, device, last, _ in workers:
             beats.add_metric([worker_id, device], last.timestamp())
         yield beats
+        by_status = GaugeMetricFamily(
+            "hdetach_workers",
+            "registered workers by status (halted: stopped claiming after infrastructure failures)",
+            labels=["status"],
+        )
+        statuses = Counter(status for *_, status in workers)
+        for status in WorkerStatus:
+            by_status.add_metric([status.value], statuses.get(status.value, 0))
+        yield by_status
 
 
 def make_registry(backend: Backend) -> CollectorRegistry:

@@ -76,7 +76,8 @@ class WorkerOut(BaseModel):
     pid: int
     device: str
     pack_size: int
-    status: str
+    status: str = Field(description="running, stopping, stopped, or halted (stopped claiming: see reason)")
+    reason: str | None = Field(None, description="why it halted: the infrastructure failures it met")
     started_at: datetime
     last_heartbeat: datetime
     current_jobs: list[int] = Field(description="ids of the jobs it holds")

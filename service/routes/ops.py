@@ -32,6 +32,7 @@ def list_workers(backend: BackendDep) -> list[WorkerOut]:
             device=w.device,
             pack_size=w.pack_size,
             status=w.status,
+            reason=w.reason,
             started_at=w.started_at,
             last_heartbeat=w.last_heartbeat,
             current_jobs=jobs.get(w.id, []),

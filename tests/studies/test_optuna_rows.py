@@ -159,3 +159,40 @@ def test_a_missing_optuna_study_is_created_given_our_study_id(tmp_path, batched)
     assert study.user_attrs["hdetach_study_id"] == 42
     assert [t._trial_id for t in study.trials] == [trial_id]
     storage.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_batched_writes_survive_the_server_dropping_their_connections():
+    """A worker's learning-curve write used to fail its whole pack after a dropped connection."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN, _drop_postgres_database, _fresh_postgres_database
+
+    name, url = _fresh_postgres_database()
+    storage = open_storage(url)
+    try:
+        assert optuna_rows.supported(storage)
+        create_optuna_study(storage, "drops", SPEC, 1)
+        ids = start_trials(storage, "drops", SPEC, [(cell, {}) for cell in SPEC.cells()[:2]])
+        report_values(storage, [(ids[0], 5, 0.25)])  # pools a connection of each engine
+
+        def drop_every_connection() -> None:
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+                dropped = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                ).fetchone()
+            assert dropped is not None and dropped[0] > 0
+
+        drop_every_connection()
+        report_values(storage, [(ids[0], 10, 0.5), (ids[1], 10, 0.75)])
+        drop_every_connection()
+        more = start_trials(storage, "drops", SPEC, [(SPEC.cells()[2], {})])
+        drop_every_connection()
+        assert close_trials(storage, [abandon_closing(i, "test") for i in [*ids, *more]]) == [True] * 3
+        trials = storage.get_all_trials(storage.get_study_id_from_name("drops"))
+        assert [t.intermediate_values for t in trials] == [{5: 0.25, 10: 0.5}, {10: 0.75}, {}]
+        assert {t.state for t in trials} == {TrialState.FAIL}
+    finally:
+        storage.engine.dispose()
+        _drop_postgres_database(name)
