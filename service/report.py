@@ -219,7 +219,9 @@ def _comparison_table(summary: RobustnessSummary) -> str:
         "mean difference [95% CI]", "P(improvement) [95% CI]", "Wilcoxon p", "success-rate difference",
     ]  # fmt: skip
     note = (
-        "Paired on (lr, seed) over pairs where neither run diverged; positive differences favour the variant."
+        "Paired on (lr, seed) over pairs where neither run diverged; positive differences favour the "
+        "variant. Wilcoxon p is exact up to 50 non-zero differences (ties included), a normal "
+        "approximation above (marked)."
     )
     table = _table(headers, (_comparison_row(c) for c in summary.comparisons), text_columns=2)
     return f"{table}\n<p class=note>{note}</p>"
@@ -234,7 +236,7 @@ def _comparison_row(c: Comparison) -> list[object]:
         c.variant, c.baseline, c.n_pairs, c.only_variant_diverged, c.only_baseline_diverged, difference,
         _with_ci(_num(c.prob_improvement, ".2f"), _num(c.prob_improvement_ci_low, ".2f"),
                  _num(c.prob_improvement_ci_high, ".2f")),
-        _num(c.wilcoxon_p, ".2g"),
+        _num(c.wilcoxon_p, ".2g") + (" (normal approx.)" if c.wilcoxon_method == "normal" else ""),
         DASH if c.success_rate_difference is None else f"{100 * c.success_rate_difference:+.0f} pp",
     ]  # fmt: skip
 

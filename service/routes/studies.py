@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from service.cache import NOT_MODIFIED, CacheDep, Entry, ResponseCache, lookup, respond
 from service.deps import MAX_ID, BackendDep, CellIndex, ReadAccess, StudyId, WriteAccess
 from service.schemas import Curve, Links, Problem, StudyCreated, StudyOut, StudyPage
 from studies import queue
@@ -196,23 +197,48 @@ def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curv
     )
 
 
+def summary_entry(
+    backend: BackendDep,
+    cache: ResponseCache,
+    study: Study,
+    spec: StudySpec,
+    robust_level: float = 0.8,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[Entry, str]:
+    """The study's summary (as JSON, the model in `value`), from the cache if the study is finished."""
+
+    def render() -> Entry:
+        rows = [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study.id)]
+        result = study_summary(spec, rows, robust_level=robust_level, n_boot=n_boot, seed=seed)
+        return Entry.of(result.model_dump_json().encode(), "application/json", result)
+
+    return lookup(cache, study, ("summary", robust_level, n_boot, seed), render)
+
+
 @router.get(
     "/{study_id}/summary",
     response_model=RobustnessSummary,
     dependencies=[ReadAccess],
-    responses={**NOT_FOUND, **AUTH},
+    responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED},
 )
 def summary(
+    request: Request,
     backend: BackendDep,
+    cache: CacheDep,
     study_id: StudyId,
     robust_level: Annotated[float, Query(gt=0.0, le=1.0, description="success rate a robust lr needs")] = 0.8,
     n_boot: Annotated[int, Query(ge=100, le=20_000, description="bootstrap resamples")] = 2000,
     seed: Annotated[int, Query(ge=0, description="bootstrap seed")] = 0,
-) -> RobustnessSummary:
+) -> Response:
     """How robust each variant is to learning rate and seed, and how it compares with the baseline.
 
     Computed from the cells as they stand; `complete` and the counts say how complete the study is.
+    A finished study's summary is computed once and kept; responses carry an ETag (If-None-Match
+    gives a 304) and Cache-Control (see `service.cache`). The Wilcoxon p-value is exact with at
+    most 50 non-zero paired differences (ties included) and a normal approximation above;
+    `comparisons[].wilcoxon_method` says which.
     """
-    _, spec = load(backend, study_id)
-    rows = [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study_id)]
-    return study_summary(spec, rows, robust_level=robust_level, n_boot=n_boot, seed=seed)
+    study, spec = load(backend, study_id)
+    entry, state = summary_entry(backend, cache, study, spec, robust_level, n_boot, seed)
+    return respond(request, study, entry, state)

@@ -7,6 +7,8 @@ failure (see `studies.robustness._outcome` for the full rule).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _STATS_NOTE = "over runs that did not diverge and reported a metric; None if there are none"
@@ -131,8 +133,14 @@ class Comparison(_Schema):
     )
     prob_improvement_ci_high: float | None = Field(description="the same interval, upper end")
     wilcoxon_p: float | None = Field(
-        description="two-sided Wilcoxon signed-rank p-value of the differences (scipy, zero differences "
-        "dropped); None with fewer than 2 non-zero differences"
+        description="two-sided Wilcoxon signed-rank p-value of the differences (zero differences dropped, "
+        "tied |differences| given their average rank); None with fewer than 2 non-zero differences"
+    )
+    wilcoxon_method: Literal["exact", "normal"] | None = Field(
+        description="how wilcoxon_p was computed: 'exact' with at most 50 non-zero differences (the exact "
+        "null distribution over all 2**n sign patterns, given the ranks: with ties or zeros, the exhaustive "
+        "permutation test); 'normal' above 50 (normal approximation, variance corrected for ties, no "
+        "continuity correction); None when wilcoxon_p is None"
     )
     success_rate_difference: float | None = Field(
         description="overall success rate, variant - baseline (diverged runs count as failures)"

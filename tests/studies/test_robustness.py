@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from studies.robustness import (
     summarize,
     wilson_interval,
 )
+from studies.robustness._paired import wilcoxon_signed_rank
 
 P_DETACH = {"vanilla": 0.0, "h-detach": 0.5, "h-detach-25": 0.25}
 
@@ -205,6 +207,68 @@ def test_paired_mean_difference_and_probability_of_improvement():
 def test_wilcoxon_p_equals_scipy_on_the_same_differences():
     (c,) = paired_study().comparisons
     assert c.wilcoxon_p == pytest.approx(stats.wilcoxon(DIFFS).pvalue, rel=1e-12)
+    assert c.wilcoxon_method == "exact"  # 5 non-zero differences, two of them tied
+
+
+def tied_differences(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n paired differences on a 0.01 grid: ties and zeros are common."""
+    return np.round(rng.normal(0.01, 0.03, n), 2)
+
+
+@pytest.mark.parametrize("n", range(2, 14))
+def test_wilcoxon_with_ties_or_zeros_is_scipys_exhaustive_permutation_test(n):
+    # scipy's method="auto" runs an exhaustive permutation test here (2**n evaluations)
+    rng = np.random.default_rng(n)
+    checked = 0
+    for _ in range(8):
+        d = tied_differences(rng, n)
+        if np.count_nonzero(d) < 2:
+            continue
+        p, method = wilcoxon_signed_rank(d)
+        assert method == "exact"
+        assert p == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+        checked += 1
+    assert checked
+
+
+def test_wilcoxon_with_ties_beyond_scipys_permutation_limit_is_still_exact():
+    d = tied_differences(np.random.default_rng(14), 14)
+    assert len(np.unique(np.abs(d))) < 14  # ties
+    exhaustive = stats.wilcoxon(d, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
+    assert wilcoxon_signed_rank(d) == (pytest.approx(exhaustive, rel=1e-12), "exact")
+
+
+@pytest.mark.parametrize("n", [2, 7, 20, 50])
+def test_wilcoxon_without_ties_is_scipys_exact_test(n):
+    d = np.random.default_rng(n).normal(0.01, 0.03, n)
+    assert wilcoxon_signed_rank(d) == (
+        pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-12),
+        "exact",
+    )
+
+
+@pytest.mark.parametrize("n", [51, 200])
+def test_wilcoxon_above_50_pairs_is_the_tie_corrected_normal_approximation(n):
+    d = tied_differences(np.random.default_rng(n), 2 * n)
+    d = np.r_[0.0, d[d != 0][:n]]  # n non-zero differences and a zero (dropped)
+    assert np.count_nonzero(d) == n
+    reference = stats.wilcoxon(d, method="asymptotic", correction=False).pvalue
+    assert wilcoxon_signed_rank(d) == (pytest.approx(reference, rel=1e-12), "normal")
+
+
+def test_comparison_with_13_tied_pairs_is_fast():
+    # scipy's exhaustive permutation test took about 1 s here, in every summary, report and plot
+    metrics = [0.5, 0.6, 0.6, 0.7, 0.7, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 1.0]
+    base = grid("vanilla", {1e-3: [0.5] * 13})
+    variant = grid("h-detach", {1e-3: metrics})
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        (c,) = acc(base + variant, n_boot=100).comparisons
+        times.append(time.perf_counter() - started)
+    assert (c.n_pairs, c.wilcoxon_method) == (13, "exact")
+    assert c.wilcoxon_p == pytest.approx(stats.wilcoxon(np.array(metrics) - 0.5).pvalue, rel=1e-12)
+    assert min(times) < 0.05  # about 1 ms; the margin is for a busy machine
 
 
 def test_bootstrap_intervals_hold_the_estimate_and_follow_the_seed():
@@ -249,7 +313,7 @@ def test_wilcoxon_needs_two_nonzero_differences():
     (c,) = acc(
         grid("vanilla", {1e-3: [0.8, 0.8, 0.8]}) + grid("h-detach", {1e-3: [0.9, 0.8, 0.8]})
     ).comparisons
-    assert c.n_pairs == 3 and c.wilcoxon_p is None
+    assert c.n_pairs == 3 and c.wilcoxon_p is None and c.wilcoxon_method is None
 
 
 def test_baseline_defaults_to_first_variant_and_can_be_chosen():
