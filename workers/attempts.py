@@ -12,11 +12,12 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +38,9 @@ from studies.tracking import (
 )
 from studies.training import TrialRecord
 from workers import faults
+from workers.failures import FailureKind, classify, one_line
+
+T = TypeVar("T")
 
 log = logging.getLogger("hdetach.leases")
 
@@ -169,15 +173,34 @@ class LeaseKeeper:
                 log.exception("heartbeat failed")
 
 
+def _bootstrap(database_url: str) -> RDBStorage:
+    upgrade(database_url)
+    return open_storage(database_url)
+
+
+def wait_out_infrastructure(action: Callable[[], T], what: str, patience_seconds: float = 120.0) -> T:
+    """`action()`, tried again with growing pauses while it fails for infrastructure reasons (the
+    database restarting, a dropped connection); other errors, or one past `patience_seconds`, raise."""
+    deadline, pause = time.monotonic() + patience_seconds, 0.5
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if classify(error) is not FailureKind.INFRASTRUCTURE or time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); trying again in %.1f s", what, one_line(error), pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
 class Executor:
     """What every executor holds: an id, the database, Optuna's storage, its leases, a stop flag."""
 
     def __init__(self, database_url: str, id_prefix: str, lease_seconds: float, heartbeat_seconds: float):
         self.id = f"{id_prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        upgrade(database_url)
+        self.storage = wait_out_infrastructure(lambda: _bootstrap(database_url), "opening the database")
         self.engine = make_engine(database_url, pool_pre_ping=False)  # queue operations retry instead
         self.factory = session_factory(self.engine)
-        self.storage = open_storage(database_url)
         self.stop_requested = threading.Event()
         self.leases = LeaseKeeper(self.factory, self.id, lease_seconds, heartbeat_seconds)
 

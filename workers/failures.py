@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from enum import StrEnum
 
 import torch
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from studies.lstm import KernelBuildError
@@ -29,7 +30,15 @@ class InfrastructureError(RuntimeError):
     """Raised by an executor's own checks, e.g. a device it cannot use."""
 
 
-_INFRASTRUCTURE = (DBAPIError, DisconnectionError, PoolTimeout, InfrastructureError, KernelBuildError)
+_INFRASTRUCTURE = (
+    DBAPIError,
+    DisconnectionError,
+    PendingRollbackError,  # a session whose connection died mid-transaction
+    PoolTimeout,
+    StorageInternalError,  # Optuna's storage failing to commit
+    InfrastructureError,
+    KernelBuildError,
+)
 # A device-side assert is the trial's own code indexing out of bounds; other CUDA errors (illegal
 # address, launch failure, ECC error, device lost or busy) are the device's.
 _CUDA_MARKERS = ("CUDA error", "CUDA driver", "cuDNN error", "CUBLAS_STATUS", "NCCL error")

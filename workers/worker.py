@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy.exc import DBAPIError
 
 from studies import queue
 from studies.db.models import Engine, WorkerStatus
@@ -36,7 +35,7 @@ from studies.lstm import PackedHDetachLSTM
 from studies.queue import ClaimedJob
 from studies.training import PackTrainer
 from workers import faults
-from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials
+from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials, wait_out_infrastructure
 from workers.failures import FailureKind, InfrastructureError, classify, one_line
 
 log = logging.getLogger("hdetach.worker")
@@ -98,8 +97,16 @@ class Worker(Executor):
             self.close()
             return EXIT_DEVICE_UNUSABLE
         self._install_signal_handlers()
-        queue.register_worker(
-            self.factory, self.id, socket.gethostname(), os.getpid(), self.options.device, self.options.pack
+        wait_out_infrastructure(
+            lambda: queue.register_worker(
+                self.factory,
+                self.id,
+                socket.gethostname(),
+                os.getpid(),
+                self.options.device,
+                self.options.pack,
+            ),
+            "registering the worker",
         )
         self.leases.start()
         exit_code = 0
@@ -117,8 +124,10 @@ class Worker(Executor):
                         jobs = queue.claim(
                             self.factory, self.id, self.options.pack, self.options.lease_seconds
                         )
-                except DBAPIError as error:  # e.g. the server restarting: wait, then ask again
-                    log.warning("database unavailable (%s); retrying", error.orig)
+                except Exception as error:  # e.g. the server restarting: wait, then ask again
+                    if classify(error) is not FailureKind.INFRASTRUCTURE:
+                        raise
+                    log.warning("database unavailable (%s); retrying", one_line(error))
                     self.stop_requested.wait(self.options.poll_seconds)
                     continue
                 if jobs:
@@ -146,8 +155,10 @@ class Worker(Executor):
                 self.leases.release_all("worker stopping")
                 if exit_code != EXIT_HALTED:
                     queue.worker_stopped(self.factory, self.id)
-            except DBAPIError as error:  # the leases expire and the reaper hands the jobs back
-                log.warning("could not give back jobs or sign off (%s)", error.orig)
+            except Exception as error:  # the leases expire and the reaper hands the jobs back
+                if classify(error) is not FailureKind.INFRASTRUCTURE:
+                    raise
+                log.warning("could not give back jobs or sign off (%s)", one_line(error))
             self.close()
         return exit_code
 
@@ -158,8 +169,10 @@ class Worker(Executor):
         log.error("halting: %s; no more claims from this worker", reason)
         try:
             queue.set_worker_status(self.factory, self.id, WorkerStatus.HALTED, reason=reason)
-        except DBAPIError as error:
-            log.warning("could not record the halt (%s)", error.orig)
+        except Exception as error:
+            if classify(error) is not FailureKind.INFRASTRUCTURE:
+                raise
+            log.warning("could not record the halt (%s)", one_line(error))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -243,8 +256,10 @@ class Worker(Executor):
                     attempt.give_back(message)
                 else:
                     attempt.fail(message)
-        except DBAPIError as db_error:  # the leases expire; the reaper hands the jobs back unspent
-            log.warning("could not hand the jobs back (%s)", db_error.orig)
+        except Exception as db_error:  # the leases expire; the reaper hands the jobs back unspent
+            if classify(db_error) is not FailureKind.INFRASTRUCTURE:
+                raise
+            log.warning("could not hand the jobs back (%s)", one_line(db_error))
             return message
         return message if kind is FailureKind.INFRASTRUCTURE else None
 
@@ -255,11 +270,13 @@ class Worker(Executor):
             try:
                 attempt.settle(records)
                 return
-            except DBAPIError as error:
+            except Exception as error:
+                if classify(error) is not FailureKind.INFRASTRUCTURE:
+                    raise
                 if tries == self.options.settle_tries:
-                    log.error("could not record the pack (%s); its leases will expire", error.orig)
+                    log.error("could not record the pack (%s); its leases will expire", one_line(error))
                     return
-                log.warning("could not record the pack (%s); trying again", error.orig)
+                log.warning("could not record the pack (%s); trying again", one_line(error))
                 time.sleep(self._backoff(tries))
 
     def _should_stop(self, trainer: PackTrainer, jobs: list[ClaimedJob]) -> bool:
