@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     max_steps: int = Field(1_000_000, ge=1)  # largest step budget per trial accepted
     max_hidden_size: int = Field(2_048, ge=1)  # largest LSTM accepted
     environment: Literal["development", "production"] = "development"  # production refuses placeholder tokens
-    api_tokens: str = PLACEHOLDER_TOKEN  # comma-separated bearer tokens; every write needs one
-    read_requires_token: bool = False  # whether GET endpoints need a token too
+    api_tokens: str = PLACEHOLDER_TOKEN  # comma-separated bearer tokens, printable ASCII; writes need one
+    read_requires_token: bool = False  # whether reads need a token too (all but /healthz and /readyz)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies are refused (413) unread
     host: str = "127.0.0.1"  # `hdetach serve` address
     port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
     ray_address: str | None = None  # Ray cluster for `hdetach ray-run`; unset: RAY_ADDRESS, else a local Ray
@@ -39,9 +40,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `HDETACH_RAY_ADDRESS=` in an .env file means "not set"
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _printable_ascii_tokens(cls, value: str) -> str:
+        # a bearer token travels in an HTTP header: anything else could never be presented
+        tokens = [t.strip() for t in value.split(",")]
+        if not all(0x21 <= ord(c) <= 0x7E for token in tokens for c in token):
+            raise ValueError("HDETACH_API_TOKENS: tokens must be printable ASCII, without spaces")
+        return value
+
     @model_validator(mode="after")
-    def _no_placeholder_outside_development(self) -> Settings:
-        if self.environment != "development" and PLACEHOLDER_TOKEN in self.tokens():
+    def _real_tokens_outside_development(self) -> Settings:
+        if self.environment == "development":
+            return self
+        if not self.tokens():
+            raise ValueError("HDETACH_API_TOKENS is empty: production needs at least one token")
+        if PLACEHOLDER_TOKEN in self.tokens():
             raise ValueError(
                 "HDETACH_API_TOKENS still holds the placeholder token; set real tokens in production"
             )

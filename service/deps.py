@@ -30,13 +30,41 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+MISSING, REFUSED = "missing bearer token", "token not accepted"  # never echo the token
+
+
+def token_accepted(settings: Settings, presented: str) -> bool:
+    """Whether `presented` is one of the deployment's tokens, compared in constant time as bytes.
+
+    Header values arrive decoded as Latin-1, so they may hold any character up to U+00FF, which
+    `compare_digest` refuses on str; our tokens are printable ASCII (see Settings), so anything
+    else is simply not one of them.
+    """
+    if not presented.isascii():
+        return False
+    given = presented.encode("ascii")
+    return any(secrets.compare_digest(given, token.encode("ascii")) for token in settings.tokens())
+
+
+def auth_failure(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+    """The status and message that refuse an `Authorization` header value, or None if it is good."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return status.HTTP_401_UNAUTHORIZED, MISSING
+    if not token_accepted(settings, credentials.strip()):
+        return status.HTTP_403_FORBIDDEN, REFUSED
+    return None
+
+
 def _check(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
-    if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
-    if not any(secrets.compare_digest(credentials.credentials, t) for t in settings.tokens()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "token not accepted")  # never echo the token
+    # service.gate already refused the request before its body was read; this keeps every route
+    # protected on its own and declares the bearer scheme in OpenAPI
+    header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+    failure = auth_failure(settings, header)
+    if failure is not None:
+        code, message = failure
+        headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+        raise HTTPException(code, message, headers=headers)
 
 
 def require_write(settings: SettingsDep, credentials: Credentials) -> None:

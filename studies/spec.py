@@ -3,17 +3,24 @@
 A spec is validated against `SpecLimits` (grid size, T, steps, hidden size) when callers pass
 them in pydantic's validation context: ``StudySpec.model_validate(data, context={"limits": L})``;
 the queue always does. Every rejection names the field at fault.
+
+The spec is the gate: nothing downstream (the databases, Optuna, the workers, the reports) may
+fail on a value it let through. So every model is strict (no coercion: `true` is not a seed, "3"
+is not a T; 2.0 is 2, as in JSON Schema), refuses NaN and infinities, bounds every integer that
+is stored or seeds a generator to 32 bits, and takes only text both databases can store
+(`studies.storable`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
 from studies.training.config import TaskConfig, TrainingConfig, TrialParams
 
 
@@ -40,12 +47,12 @@ def _limits(info: ValidationInfo) -> SpecLimits | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
-    hidden_size: int = Field(128, ge=1, description="LSTM hidden size")
-    num_layers: int = Field(1, ge=1, le=4)
+    hidden_size: JSONInt = Field(128, ge=1, description="LSTM hidden size")
+    num_layers: JSONInt = Field(1, ge=1, le=4)
 
     @field_validator("hidden_size")
     @classmethod
@@ -72,7 +79,7 @@ class LearningRateRange(_Strict):
 
     low: float = Field(gt=0.0, allow_inf_nan=False)
     high: float = Field(gt=0.0, allow_inf_nan=False)
-    num: int = Field(ge=1, le=1000)
+    num: JSONInt = Field(ge=1, le=1000)
     log: bool = True
 
     @model_validator(mode="after")
@@ -99,10 +106,10 @@ class LearningRateRange(_Strict):
 
 
 class BudgetSpec(_Strict):
-    steps: int = Field(2000, ge=1, description="optimizer steps per trial")
-    eval_every: int = Field(100, ge=1)
-    batch_size: int = Field(100, ge=1, le=10_000)
-    eval_batch_size: int = Field(500, ge=1, le=100_000)
+    steps: JSONInt = Field(2000, ge=1, description="optimizer steps per trial")
+    eval_every: JSONInt = Field(100, ge=1)
+    batch_size: JSONInt = Field(100, ge=1, le=10_000)
+    eval_batch_size: JSONInt = Field(500, ge=1, le=100_000)
 
     @field_validator("steps")
     @classmethod
@@ -115,7 +122,7 @@ class BudgetSpec(_Strict):
 
 class SuccessSpec(_Strict):
     metric: Literal["accuracy", "mse", "loss"] = "accuracy"
-    threshold: float = 0.99
+    threshold: float = Field(0.99, description="a finite number")
     stop_on_success: bool = False
 
 
@@ -134,18 +141,18 @@ class TrainingOptions(_Strict):
 class StudySpec(_Strict):
     """A robustness study: every variant x learning rate x seed, trained on one task."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StorableText = Field(min_length=1, max_length=200)
     task: TaskConfig
     model: ModelSpec = ModelSpec()
     variants: list[VariantSpec] = Field(min_length=1)
-    learning_rates: list[float] | LearningRateRange
-    seeds: list[int] = Field(min_length=1)
+    learning_rates: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] | LearningRateRange
+    seeds: list[Seed] = Field(min_length=1, description=f"distinct, from 0 to {DB_INT_MAX}")
     budget: BudgetSpec = BudgetSpec()
     success: SuccessSpec = SuccessSpec()
     training: TrainingOptions = TrainingOptions()
-    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    priority: JSONInt = Field(0, ge=-1000, le=1000, description="higher runs first")
     engine: Literal["queue", "ray"] = "queue"
-    baseline: str | None = Field(
+    baseline: StorableText | None = Field(
         None, description="variant the others are compared with (default: the first)"
     )
 
@@ -173,8 +180,6 @@ class StudySpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if any(s < 0 for s in value):
-            raise ValueError("seeds must be non-negative")
         if len(set(value)) != len(value):
             raise ValueError("seeds must be distinct")
         return value

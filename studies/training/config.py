@@ -12,26 +12,37 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from studies.storable import JSONInt, Seed, StorableText
+
 PAPER_CLIP_NORM = 1.0  # gradient-norm clipping in the authors' code
 PAPER_BATCH_SIZE = 100
 PAPER_P_OFF_FRACTION = 40 / 600  # copying: p_detach switched off for the last 40 of 600 epochs
+MAX_EVAL_SET = 100_000  # largest validation or test set of a copying/adding task (n_val, n_test)
 
 
 class TaskConfig(BaseModel):
-    """The task and its options, e.g. {"name": "copying", "T": 100}."""
+    """The task and its options, e.g. {"name": "copying", "T": 100}.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Part of the study spec, so as strict as it: no coercion (a boolean is not a number), bounded
+    seeds and set sizes, text a database can store.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: Literal["copying", "adding", "pixel_mnist", "permuted_mnist"] = "copying"
-    T: int | None = Field(None, ge=1, description="delay (copying) or length (adding)")
-    data_seed: int = Field(0, ge=0, description="seed of the fixed evaluation sets")
-    mnist_root: str | None = Field(None, description="directory of MNIST IDX files")
-    permutation_seed: int = Field(0, ge=0, description="permuted MNIST: seed of the fixed permutation")
-    n_val: int | None = Field(
-        None, ge=1, description="copying/adding: validation sequences (task default if unset)"
+    T: JSONInt | None = Field(None, ge=1, strict=True, description="delay (copying) or length (adding)")
+    data_seed: Seed = Field(0, strict=True, description="seed of the fixed evaluation sets")
+    mnist_root: StorableText | None = Field(
+        None, max_length=4096, strict=True, description="directory of MNIST IDX files"
     )
-    n_test: int | None = Field(
-        None, ge=1, description="copying/adding: test sequences (task default if unset)"
+    permutation_seed: Seed = Field(
+        0, strict=True, description="permuted MNIST: seed of the fixed permutation"
+    )
+    n_val: JSONInt | None = Field(
+        None, ge=1, le=MAX_EVAL_SET, strict=True, description="copying/adding: validation sequences"
+    )
+    n_test: JSONInt | None = Field(
+        None, ge=1, le=MAX_EVAL_SET, strict=True, description="copying/adding: test sequences"
     )
 
     def options(self) -> dict[str, Any]:
