@@ -14,6 +14,7 @@ from service.deps import MAX_ID, BackendDep, CellIndex, ReadAccess, StudyId, Wri
 from service.schemas import Curve, Links, Problem, StudyCreated, StudyOut, StudyPage
 from studies import queue
 from studies.db.models import Study, StudyStatus
+from studies.exceptions import Conflict
 from studies.results import CurvePoint, TrialRow, curve_points, job_result, study_summary, trial_row
 from studies.robustness import RobustnessSummary
 from studies.spec import StudySpec
@@ -96,7 +97,17 @@ def submit_validated(backend: BackendDep, data: dict[str, Any]) -> StudyCreated:
 
 def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
     study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
-    return study, StudySpec.model_validate_json(study.spec_json)
+    try:
+        return study, StudySpec.model_validate_json(study.spec_json)
+    except ValidationError as error:
+        # stored before the spec refused what nothing downstream can use (a NaN threshold stored
+        # as null, a seed past 32 bits on SQLite): its results cannot be read, say so plainly
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Conflict(
+            f"study {study_id} was stored with a spec this version refuses ({where}: {first['msg']});"
+            " delete it and submit it again"
+        ) from None
 
 
 @router.post(

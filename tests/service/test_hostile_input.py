@@ -281,3 +281,28 @@ def test_when_reads_need_a_token_only_the_probes_stay_open(locked_server):
     for path in LOCKED:
         assert api.get(path).status_code in (200, 404), path  # 404: study 1 does not exist
     assert "hdetach_jobs" in api.get("/metrics").text
+
+
+def test_a_study_stored_before_the_spec_was_strict_reads_as_a_409_not_a_500(server):
+    """The old gate stored a NaN threshold as null and let 64-bit seeds into SQLite."""
+    from sqlalchemy import update
+
+    from studies.db.engine import make_engine, session_factory, session_scope
+    from studies.db.models import Study
+
+    api = server.client()
+    study_id = api.post("/studies", json=SPEC).json()["id"]
+    engine = make_engine(server.database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            spec_json = session.get(Study, study_id).spec_json
+            spec = json.loads(spec_json)
+            spec["success"]["threshold"] = None
+            session.execute(update(Study).where(Study.id == study_id).values(spec_json=json.dumps(spec)))
+    finally:
+        engine.dispose()
+    for path in ["summary", "trials", "report", "plots/metric_vs_lr.svg"]:
+        reply = api.get(f"/studies/{study_id}/{path}")
+        assert reply.status_code == 409, (path, reply.text)
+        assert "success.threshold" in reply.json()["detail"] and "delete it" in reply.json()["detail"]
+    assert api.delete(f"/studies/{study_id}").status_code in (200, 204)

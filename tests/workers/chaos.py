@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
+
+from tests.service.conftest import output, start
 
 SPEC = {
     "name": "chaos",
@@ -60,19 +61,13 @@ class ChaosReport:
 
 def _start(url: str, *extra: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "hdetach", "worker", "--database-url", url, "--threads", "1", "--pack", "4"]
-    cmd += extra
-    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read and closed by _ended
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})
-    proc.log = log  # type: ignore[attr-defined]
-    return proc
+    return start([*cmd, *extra], ENV)
 
 
 def _ended(proc: subprocess.Popen[str]) -> str:
     """The last line of what an exited worker printed."""
-    log = proc.log  # type: ignore[attr-defined]
-    log.seek(0)
-    lines = log.read().strip().splitlines()
-    log.close()
+    lines = output(proc).strip().splitlines()
+    proc.log.close()  # type: ignore[attr-defined]
     return lines[-1] if lines else ""
 
 
@@ -116,7 +111,10 @@ def _database(backend: str):
         _drop_postgres_database(name)
 
 
-def run_chaos(backend: str, chaos_seconds: float = 20.0, workers: int = 3, seed: int = 0) -> ChaosReport:
+def run_chaos(
+    backend: str, chaos_seconds: float = 20.0, workers: int = 3, seed: int = 0, seeds: int = 4
+) -> ChaosReport:
+    """`seeds` sets the grid: 2 variants x 3 learning rates x `seeds` cells."""
     from hdetach.settings import Settings
     from hdetach.studies_app import Backend
     from studies import queue
@@ -125,10 +123,11 @@ def run_chaos(backend: str, chaos_seconds: float = 20.0, workers: int = 3, seed:
     from studies.tracking import open_storage
 
     rng = random.Random(seed)
+    spec = StudySpec.model_validate({**SPEC, "seeds": list(range(1, seeds + 1))})
     with _database(backend) as (url, pg_name):
         with Backend(Settings(database_url=url)) as backend_handle:
-            study_id = backend_handle.submit(StudySpec.model_validate(SPEC))
-        report = ChaosReport(backend, cells=len(StudySpec.model_validate(SPEC).cells()))
+            study_id = backend_handle.submit(spec)
+        report = ChaosReport(backend, cells=len(spec.cells()))
         engine = make_engine(url)  # pre-ping: the harness's own connections survive the drops
         factory = session_factory(engine)
         procs = [_start(url) for _ in range(workers)]
@@ -229,9 +228,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the chaos lasts")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=4, help="trial seeds: the grid is 6 x seeds cells")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args()
-    report = run_chaos(args.backend, args.seconds, args.workers, args.seed)
+    report = run_chaos(args.backend, args.seconds, args.workers, args.seed, args.seeds)
     data = _as_json(report)
     for key, value in data.items():
         print(f"{key:>20}: {value}")
