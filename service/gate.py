@@ -50,7 +50,7 @@ class Gate:
         limit = self.settings.max_body_bytes
         too_large = JSONResponse({"detail": f"request body exceeds {limit} bytes"}, 413)
         length = headers.get("content-length")
-        if length is not None and not length.isdigit():
+        if length is not None and not (length.isascii() and length.isdigit()):
             await JSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
             return
         if length is not None and int(length) > limit:

@@ -96,7 +96,8 @@ def sweep_optuna_trials(factory: sessionmaker[Session], storage: RDBStorage) -> 
         ):
             continue  # live (or opened before trials carried their lease: left to the reaper)
         if job.state == JobState.DONE and job.optuna_trial_id == trial_id and job.result_json:
-            metric = StudySpec.model_validate_json(job.spec_json).success.metric
+            # the metric only, unvalidated: a study stored before a stricter spec must not stop the sweep
+            metric = json.loads(job.spec_json)["success"]["metric"]
             closings.append(result_closing(trial_id, metric, json.loads(job.result_json)))
         else:
             closings.append(abandon_closing(trial_id, f"its worker died (job now {job.state})"))
@@ -224,6 +225,7 @@ class PackAttempt:
     device: str
     trial_ids: dict[int, int] = field(default_factory=dict)  # job id -> Optuna trial id
     recorded: set[int] = field(default_factory=set)  # job ids whose result is in our tables
+    settle_calls: int = 0
 
     @cached_property
     def spec(self) -> StudySpec:
@@ -288,7 +290,17 @@ class PackAttempt:
             else:
                 outcomes[job.job_id] = self._give_back(job, record["status"])
         # Kept across calls: settle runs again when the database went away part-way, and a result
-        # recorded by an earlier call must still close its trial as recorded.
+        # recorded by an earlier call must still close its trial as recorded. An earlier call may
+        # also have committed without learning it (the connection dropped after the commit): a job
+        # now done under this attempt's trial holds this attempt's result.
+        if self.settle_calls:
+            done = queue.job_outcomes(self.factory, [j for j in results if j not in self.recorded])
+            self.recorded |= {
+                job_id
+                for job_id, job in done.items()
+                if job.state == JobState.DONE and job.optuna_trial_id == self.trial_ids.get(job_id)
+            }
+        self.settle_calls += 1
         self.recorded |= queue.complete_many(
             self.factory,
             [

@@ -69,6 +69,22 @@ def classify(error: BaseException) -> FailureKind:
     return FailureKind.TRIAL
 
 
+def touches_the_device(error: BaseException) -> bool:
+    """A CUDA error other than running out of memory, a device-side assert included: CUDA errors
+    are sticky, so the process cannot use the device again, whoever's fault the first one was."""
+    for link in _chain(error):
+        if isinstance(link, torch.OutOfMemoryError):
+            return False
+        if isinstance(link, torch.AcceleratorError):
+            return True
+        text = str(link)
+        if isinstance(link, RuntimeError) and (
+            "device-side assert" in text or any(m in text for m in _CUDA_MARKERS)
+        ):
+            return True
+    return False
+
+
 def one_line(error: BaseException) -> str:
     """The exception as one line: its type and the first line of its message."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""

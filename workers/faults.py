@@ -5,7 +5,8 @@
 (results are in our tables, the Optuna trials not yet closed), `curve-write` (before a learning-
 curve write), `training` (before a pack trains). Actions: `kill` (SIGKILL this process, the
 default), `db-error` (raise a database error, as a dropped connection would), `oom` (raise
-torch.OutOfMemoryError when the pack has more than one trial). Unset, `hit` costs one dict lookup.
+torch.OutOfMemoryError when the pack has more than one trial), `device-assert` (raise the CUDA error
+a device-side assert gives). Unset, `hit` costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -46,3 +47,5 @@ def hit(point: str, pack_size: int = 1) -> None:
         raise OperationalError("injected", {}, sqlite3.OperationalError("injected: connection dropped"))
     elif action == "oom" and pack_size > 1:
         raise torch.OutOfMemoryError(f"injected: out of memory with {pack_size} trials")
+    elif action == "device-assert":
+        raise RuntimeError("CUDA error: device-side assert triggered (injected)")

@@ -14,6 +14,7 @@ worker trains a tiny model on its device, and exits with `EXIT_DEVICE_UNUSABLE` 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -22,9 +23,10 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,12 +38,20 @@ from studies.queue import ClaimedJob
 from studies.training import PackTrainer
 from workers import faults
 from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials, wait_out_infrastructure
-from workers.failures import FailureKind, InfrastructureError, classify, one_line
+from workers.failures import FailureKind, InfrastructureError, classify, one_line, touches_the_device
 
 log = logging.getLogger("hdetach.worker")
 
 EXIT_DEVICE_UNUSABLE = 3  # the device failed its start-up check; nothing was claimed
 EXIT_HALTED = 4  # stopped claiming after repeated infrastructure failures
+EXIT_DEVICE_LOST = 5  # a CUDA error left the device unusable in this process: start a fresh one
+
+
+def free_device_memory() -> None:
+    """Hand the memory of what was just dropped back, before a smaller pack is tried."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def check_device(device: str) -> None:
@@ -81,6 +91,7 @@ class Worker(Executor):
         super().__init__(options.database_url, "", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
         self.packs_done = 0
+        self.device_broken: str | None = None  # the CUDA error after which this process must go
         # Where the time goes, in seconds: "training" is inside PackTrainer.run less the time its
         # callbacks spend writing learning curves ("reporting"); the rest of the wall time is overhead.
         self.seconds: defaultdict[str, float] = defaultdict(float)
@@ -133,6 +144,12 @@ class Worker(Executor):
                 if jobs:
                     failure = self._train_pack(jobs)
                     self.packs_done += 1
+                    if self.device_broken:  # CUDA errors are sticky: every later pack would fail
+                        log.error(
+                            "the device is unusable after %s; exiting for a fresh process", self.device_broken
+                        )
+                        exit_code = EXIT_DEVICE_LOST
+                        break
                     if failure is None:
                         in_a_row = 0
                     else:
@@ -144,7 +161,7 @@ class Worker(Executor):
                         self.stop_requested.wait(self._backoff(in_a_row))
                     if self.options.max_packs is not None and self.packs_done >= self.options.max_packs:
                         break
-                elif self.options.exit_when_idle and queue.unfinished_jobs(self.factory, Engine.QUEUE) == 0:
+                elif self.options.exit_when_idle and self._queue_is_empty():
                     break
                 else:
                     self.stop_requested.wait(self.options.poll_seconds)
@@ -161,6 +178,14 @@ class Worker(Executor):
                 log.warning("could not give back jobs or sign off (%s)", one_line(error))
             self.close()
         return exit_code
+
+    def _queue_is_empty(self) -> bool:
+        try:
+            return queue.unfinished_jobs(self.factory, Engine.QUEUE) == 0
+        except Exception as error:
+            if classify(error) is not FailureKind.INFRASTRUCTURE:
+                raise
+            return False  # asked again after the next claim
 
     def _backoff(self, in_a_row: int) -> float:
         return min(self.options.max_backoff_seconds, self.options.poll_seconds * 2 ** (in_a_row - 1))
@@ -205,79 +230,88 @@ class Worker(Executor):
             self.leases.forget(jobs)
 
     def _attempt(self, attempt: PackAttempt) -> str | None:
-        jobs = attempt.jobs
+        """Open, train and record one pack; returns the infrastructure error, if there was one."""
         try:
-            with self._timed("opening"):
-                attempt.open()
-            spec = attempt.spec
-            log.info(
-                "training %d trials of study %s as one pack on %s",
-                len(jobs),
-                jobs[0].study_id,
-                attempt.device,
-            )
-
-            def report(points: dict[int, dict[str, float]]) -> None:
-                with self._timed("reporting"):
-                    attempt.report(points)
-
-            with self._timed("setting up"):
-                faults.hit("training", len(jobs))
-                trainer = PackTrainer(
-                    spec.training_config(),
-                    [c.trial_params(spec) for c in attempt.cells()],
-                    self.options.device,
-                )
-            reported = self.seconds["reporting"]
-            with self._timed("training"):
-                records = trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
-            self.seconds["training"] -= self.seconds["reporting"] - reported
+            records = self._open_and_train(attempt)
         except Exception as error:
-            return self._attempt_failed(attempt, error)
-        with self._timed("settling"):
-            self._settle(attempt, records)
-        return None
-
-    def _attempt_failed(self, attempt: PackAttempt, error: Exception) -> str | None:
-        kind, message = classify(error), one_line(error)
-        if kind is FailureKind.OUT_OF_MEMORY and len(attempt.jobs) > 1:
-            log.warning("out of memory with %d trials (%s): halving the pack", len(attempt.jobs), message)
-            for half in attempt.split(f"out of memory, pack halved: {message}"):
-                if failure := self._attempt(half):
-                    return failure
-            return None
+            kind, message = classify(error), one_line(error)
+            if kind is FailureKind.TRIAL:
+                log.error("pack failed: %s", "".join(traceback.format_exception(error)).strip())
+            if touches_the_device(error):
+                self.device_broken = message
+            # The traceback's frames hold the trainer and its activations: let them go, so an
+            # out-of-memory pack's halves find the memory it held.
+            traceback.clear_frames(error.__traceback__)
+        else:
+            with self._timed("settling"):
+                return self._hand_over(lambda: attempt.settle(records), "recording the pack")
+        if kind is FailureKind.OUT_OF_MEMORY and len(attempt.jobs) > 1 and not self.device_broken:
+            return self._halve(attempt, message)
         if kind is FailureKind.INFRASTRUCTURE:
             log.warning("infrastructure error, giving the jobs back (no attempt spent): %s", message)
-        else:
-            log.error("pack failed: %s", "".join(traceback.format_exception(error)).strip())
-        try:
             with self._timed("settling"):
-                if kind is FailureKind.INFRASTRUCTURE:
-                    attempt.give_back(message)
-                else:
-                    attempt.fail(message)
-        except Exception as db_error:  # the leases expire; the reaper hands the jobs back unspent
-            if classify(db_error) is not FailureKind.INFRASTRUCTURE:
-                raise
-            log.warning("could not hand the jobs back (%s)", one_line(db_error))
-            return message
-        return message if kind is FailureKind.INFRASTRUCTURE else None
+                return self._hand_over(lambda: attempt.give_back(message), "giving the jobs back") or message
+        with self._timed("settling"):  # a trial error (an OOM with one trial left, too)
+            return self._hand_over(lambda: attempt.fail(message), "recording the failure")
 
-    def _settle(self, attempt: PackAttempt, records: list[Any]) -> None:
-        """Record a trained pack; while the database is away, try again (the leases are still held
-        and the heartbeat renews them once it is back)."""
+    def _open_and_train(self, attempt: PackAttempt) -> list[Any]:
+        jobs = attempt.jobs
+        with self._timed("opening"):
+            attempt.open()
+        spec = attempt.spec
+        log.info(
+            "training %d trials of study %s as one pack on %s", len(jobs), jobs[0].study_id, attempt.device
+        )
+
+        def report(points: dict[int, dict[str, float]]) -> None:
+            with self._timed("reporting"):
+                attempt.report(points)
+
+        with self._timed("setting up"):
+            faults.hit("training", len(jobs))
+            trainer = PackTrainer(
+                spec.training_config(), [c.trial_params(spec) for c in attempt.cells()], self.options.device
+            )
+        reported = self.seconds["reporting"]
+        with self._timed("training"):
+            records = trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
+        self.seconds["training"] -= self.seconds["reporting"] - reported
+        return records
+
+    def _halve(self, attempt: PackAttempt, message: str) -> str | None:
+        """Train an out-of-memory pack as two halves, neither spending an attempt."""
+        log.warning("out of memory with %d trials (%s): halving the pack", len(attempt.jobs), message)
+        free_device_memory()
+        halves: list[PackAttempt] = []
+        if failure := self._hand_over(
+            lambda: halves.extend(attempt.split(f"out of memory, pack halved: {message}")), "halving the pack"
+        ):
+            return failure
+        for k, half in enumerate(halves):
+            if failure := self._attempt(half):  # the rest go back unspent, not left to their leases
+                for rest in halves[k + 1 :]:
+                    self._hand_over(partial(rest.give_back, failure), "giving the jobs back")
+                return failure
+        return None
+
+    def _hand_over(self, action: Callable[[], Any], what: str) -> str | None:
+        """Run a write that ends an attempt (record results, give jobs back, count a failure),
+        again while the database is away: the leases are still held, and the heartbeat renews them
+        once it is back. Returns the infrastructure error if it never got through: the leases
+        then expire and the reaper hands the jobs back, no attempt spent."""
         for tries in range(1, self.options.settle_tries + 1):
             try:
-                attempt.settle(records)
-                return
+                action()
+                return None
             except Exception as error:
                 if classify(error) is not FailureKind.INFRASTRUCTURE:
                     raise
                 if tries == self.options.settle_tries:
-                    log.error("could not record the pack (%s); its leases will expire", one_line(error))
-                    return
-                log.warning("could not record the pack (%s); trying again", one_line(error))
+                    log.error("%s failed (%s); its leases will expire", what, one_line(error))
+                    return one_line(error)
+                log.warning("%s failed (%s); trying again", what, one_line(error))
                 time.sleep(self._backoff(tries))
+        raise AssertionError("unreachable")
 
     def _should_stop(self, trainer: PackTrainer, jobs: list[ClaimedJob]) -> bool:
         lost, cancelled = self.leases.lost, self.leases.cancelled

@@ -19,7 +19,7 @@ from studies import queue
 from studies.lstm import KernelBuildError
 from studies.spec import StudySpec
 from tests.workers.test_worker_processes import TINY, factory, recorded_trials_per_cell, start_worker
-from workers.failures import FailureKind, InfrastructureError, classify
+from workers.failures import FailureKind, InfrastructureError, classify, touches_the_device
 
 __all__ = ["factory"]  # the fixture, shared with test_worker_processes
 
@@ -137,6 +137,53 @@ def test_a_worker_killed_inside_the_optuna_bookkeeping_leaves_nothing_behind(dat
     assert {j.lost_leases for j in queue.list_jobs(factory, study_id)} <= {0, 1}
 
 
+def test_after_a_cuda_error_the_worker_spends_that_packs_attempt_and_exits_for_a_fresh_process(
+    database_url, factory
+):
+    """CUDA errors are sticky: a device-side assert is the trial's fault, but every later pack in
+    this process would fail the same way, spending attempts across the whole queue."""
+    study_id = submit(database_url)
+    code, out = run_worker(database_url, "--pack", "4", env={"HDETACH_TEST_FAULT": "training:device-assert"})
+    assert code == 5, out
+    assert "device is unusable after RuntimeError: CUDA error: device-side assert" in out
+    attempts = Counter((j.state, j.attempts) for j in queue.list_jobs(factory, study_id))
+    assert attempts == {("queued", 1): 4, ("queued", 0): 8}  # only the pack that met it spent one
+
+
+def test_a_settle_whose_commit_went_through_unacknowledged_still_records_its_trials(database_url, factory):
+    from studies.tracking import open_storage
+    from workers import attempts as attempts_module
+    from workers.attempts import PackAttempt
+
+    study_id = submit(database_url, learning_rates=[0.001], seeds=[1])  # 2 cells
+    jobs = queue.claim(factory, "w", 2, 60)
+    storage = open_storage(database_url)
+    try:
+        attempt = PackAttempt(factory, storage, jobs, "w", "cpu")
+        attempt.open()
+        real = queue.complete_many
+        calls = []
+
+        def commits_then_drops(*args, **kwargs):  # the commit lands, its acknowledgement does not
+            calls.append(real(*args, **kwargs))
+            if len(calls) == 1:
+                raise OperationalError("COMMIT", {}, sqlite3.OperationalError("connection dropped"))
+            return calls[-1]
+
+        attempts_module.queue.complete_many = commits_then_drops  # type: ignore[attr-defined]
+        records = [{"status": "completed", "final": {"accuracy": 0.5 + k / 10}} for k in range(2)]
+        try:
+            with pytest.raises(OperationalError):
+                attempt.settle(records)
+            attempt.settle(records)  # what the worker does next
+        finally:
+            attempts_module.queue.complete_many = real  # type: ignore[attr-defined]
+    finally:
+        storage.engine.dispose()
+    assert [len(c) for c in calls] == [2, 0]  # recorded once, by the first call
+    assert_each_cell_recorded_once(database_url, factory, study_id)
+
+
 def test_failures_are_told_apart():
     dropped = OperationalError("SELECT 1", {}, sqlite3.OperationalError("server closed the connection"))
     assert classify(dropped) is FailureKind.INFRASTRUCTURE
@@ -148,6 +195,10 @@ def test_failures_are_told_apart():
     assert classify(RuntimeError("CUDA error: device-side assert triggered")) is FailureKind.TRIAL
     assert classify(torch.OutOfMemoryError("CUDA out of memory")) is FailureKind.OUT_OF_MEMORY
     assert classify(ValueError("a bad value")) is FailureKind.TRIAL
+    assert touches_the_device(RuntimeError("CUDA error: device-side assert triggered"))
+    assert touches_the_device(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not touches_the_device(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not touches_the_device(dropped)
     try:  # the cause counts: a callback's database error re-raised by the trainer
         try:
             raise dropped
