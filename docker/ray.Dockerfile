@@ -1,22 +1,21 @@
-# A Ray node for the compose `ray` profile: the worker image's CUDA torch plus Ray Tune.
-# The head container also runs `hdetach ray-run --watch`, the driver that feeds Ray studies to Tune.
-FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+# A Ray node for the compose `ray` profile: the worker image's torch plus Ray Tune. The head container
+# also runs `hdetach ray-run --watch`, the driver that feeds Ray studies to Tune.
+# Same base and TORCH_INDEX_URL as docker/worker.Dockerfile: cu130 (default) needs NVIDIA driver >= 580,
+# https://download.pytorch.org/whl/cu126 needs >= 525.
+FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv
-ENV PATH="/opt/venv/bin:$PATH"
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv procps \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/venv
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /app
-# PyPI's default torch wheel for Linux x86_64 is the CUDA build.
-RUN pip install --no-cache-dir torch==2.13.0
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY studies ./studies
 COPY workers ./workers
 COPY service ./service
 COPY hdetach ./hdetach
-RUN pip install --no-cache-dir ".[ray]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[ray]" \
     && useradd --create-home --uid 10001 hdetach \
     && mkdir -p /data/ray_results && chown hdetach /data/ray_results
 USER 10001

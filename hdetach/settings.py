@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from studies.spec import SpecLimits
 
@@ -16,6 +19,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HDETACH_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite:///hdetach.db"  # SQLite file (embedded default) or postgresql://...
+    # a file holding the database password (a compose secret), put into database_url, which then has none
+    database_password_file: Path | None = None
     lease_seconds: float = Field(
         60.0, gt=0
     )  # a claimed job is presumed abandoned this long after its last heartbeat
@@ -28,6 +33,9 @@ class Settings(BaseSettings):
     max_hidden_size: int = Field(2_048, ge=1)  # largest LSTM accepted
     environment: Literal["development", "production"] = "development"  # production refuses placeholder tokens
     api_tokens: str = PLACEHOLDER_TOKEN  # comma-separated bearer tokens, printable ASCII; writes need one
+    api_tokens_file: Path | None = (
+        None  # a file of tokens, comma- or newline-separated, instead of api_tokens
+    )
     read_requires_token: bool = False  # whether reads need a token too (all but /healthz and /readyz)
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies are refused (413) unread
     host: str = "127.0.0.1"  # `hdetach serve` address
@@ -35,7 +43,9 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # Ray cluster for `hdetach ray-run`; unset: RAY_ADDRESS, else a local Ray
     ray_storage_path: str | None = None  # where Ray Tune keeps its experiment state (unset: ~/ray_results)
 
-    @field_validator("ray_address", "ray_storage_path", mode="before")
+    @field_validator(
+        "ray_address", "ray_storage_path", "database_password_file", "api_tokens_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `HDETACH_RAY_ADDRESS=` in an .env file means "not set"
@@ -43,11 +53,33 @@ class Settings(BaseSettings):
     @field_validator("api_tokens")
     @classmethod
     def _printable_ascii_tokens(cls, value: str) -> str:
-        # a bearer token travels in an HTTP header: anything else could never be presented
-        tokens = [t.strip() for t in value.split(",")]
-        if not all(0x21 <= ord(c) <= 0x7E for token in tokens for c in token):
-            raise ValueError("HDETACH_API_TOKENS: tokens must be printable ASCII, without spaces")
-        return value
+        return _check_tokens(value, "HDETACH_API_TOKENS")
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        # runs before the token check below (validators run in the order they are defined)
+        if self.database_password_file is not None:
+            password = _read_secret(self.database_password_file, "HDETACH_DATABASE_PASSWORD_FILE")
+            try:
+                url = make_url(self.database_url)
+            except ArgumentError as e:
+                raise ValueError(f"HDETACH_DATABASE_URL: {e}") from None
+            if url.get_backend_name() == "sqlite":
+                raise ValueError("HDETACH_DATABASE_PASSWORD_FILE is set but HDETACH_DATABASE_URL is SQLite")
+            if url.password is not None:
+                raise ValueError(
+                    "HDETACH_DATABASE_URL holds a password and HDETACH_DATABASE_PASSWORD_FILE is set: use one"
+                )
+            # URL.set takes the password as it is; rendering percent-encodes it, so any character works
+            self.database_url = url.set(password=password).render_as_string(hide_password=False)
+        if self.api_tokens_file is not None:
+            if "api_tokens" in self.model_fields_set:
+                raise ValueError("HDETACH_API_TOKENS and HDETACH_API_TOKENS_FILE are both set: use one")
+            text = _read_secret(self.api_tokens_file, "HDETACH_API_TOKENS_FILE")
+            self.api_tokens = _check_tokens(
+                ",".join(line.strip() for line in text.splitlines()), "HDETACH_API_TOKENS_FILE"
+            )
+        return self
 
     @model_validator(mode="after")
     def _real_tokens_outside_development(self) -> Settings:
@@ -71,3 +103,24 @@ class Settings(BaseSettings):
             max_steps=self.max_steps,
             max_hidden_size=self.max_hidden_size,
         )
+
+
+def _check_tokens(value: str, name: str) -> str:
+    # a bearer token travels in an HTTP header: anything else could never be presented
+    tokens = [t.strip() for t in value.split(",")]
+    if not all(0x21 <= ord(c) <= 0x7E for token in tokens for c in token):
+        raise ValueError(f"{name}: tokens must be printable ASCII, without spaces")
+    return value
+
+
+def _read_secret(path: Path, name: str) -> str:
+    """A secret file's text, its trailing newlines stripped (as the postgres image's `$(< file)`)."""
+    try:
+        text = path.read_text(encoding="utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{name}: cannot read {path}: {e.strerror if isinstance(e, OSError) else e}"
+        ) from None
+    if not text:
+        raise ValueError(f"{name}: {path} is empty")
+    return text
