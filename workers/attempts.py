@@ -52,10 +52,13 @@ def lease_tag(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def reap_expired(factory: sessionmaker[Session], storage: RDBStorage) -> bool:
+def reap_expired(
+    factory: sessionmaker[Session], storage: RDBStorage, lease_seconds: float | None = None
+) -> bool:
     """Hand expired leases back to the queue and close their abandoned Optuna trials; then, if any
-    were reaped, sweep Optuna for what their dead workers left. True if any were reaped."""
-    reaped = queue.reap(factory)
+    were reaped, sweep Optuna for what their dead workers left. True if any were reaped.
+    With `lease_seconds`, workers silent for two lease periods are marked stopped."""
+    reaped = queue.reap(factory, silent_after=None if lease_seconds is None else 2 * lease_seconds)
     close_trials(
         storage,
         [

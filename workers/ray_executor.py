@@ -181,7 +181,7 @@ class RayDriver(Executor):
 
     def drain(self, study_id: int | None = None) -> DrainReport:
         """Run what is queued (for `study_id`, or for every Ray study) as one Tune experiment."""
-        reap_expired(self.factory, self.storage)
+        reap_expired(self.factory, self.storage, self.options.lease_seconds)
         claimed = self.claim_all(study_id)
         if not claimed:
             return DrainReport(0, 0, ())

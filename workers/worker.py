@@ -127,7 +127,7 @@ class Worker(Executor):
             while not self.stop_requested.is_set():
                 try:
                     with self._timed("claiming"):
-                        if not reap_expired(self.factory, self.storage) and (
+                        if not reap_expired(self.factory, self.storage, self.options.lease_seconds) and (
                             time.monotonic() - last_sweep > self.options.lease_seconds
                         ):
                             sweep_optuna_trials(self.factory, self.storage)  # also at start-up

@@ -16,7 +16,7 @@ from sqlalchemy import Integer, String, Text, bindparam, case, exists, select, u
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_autocommit, run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker
+from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker, WorkerStatus
 from studies.queue._common import JOBS, STUDIES, queued_or_cancelling, resolve_now, settle_study
 from studies.queue._types import HeartbeatReply, ReapedJob
 from studies.queue.retry import RetryPolicy
@@ -272,9 +272,13 @@ _UNSETTLED = select(STUDIES.c.id).where(
 )
 
 
-def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[ReapedJob]:
+def reap(
+    factory: sessionmaker[Session], now: datetime | None = None, silent_after: float | None = None
+) -> list[ReapedJob]:
     """Running jobs whose lease has expired: back to the queue without spending an attempt (the
-    worker died, not the trial), or failed after `MAX_LOST_LEASES` lost leases."""
+    worker died, not the trial), or failed after `MAX_LOST_LEASES` lost leases. With
+    `silent_after` (seconds), workers that have not sent a heartbeat for that long are marked
+    stopped, so `GET /workers` and `/metrics` stop counting a killed worker as running."""
     now = resolve_now(now)
 
     def work(session: Session) -> list[ReapedJob]:
@@ -294,6 +298,17 @@ def reap(factory: sessionmaker[Session], now: datetime | None = None) -> list[Re
             reaped.append(ReapedJob(job.id, job.study_id, job.worker_id, job.optuna_trial_id, decision.state))
             error = f"lease expired (worker {job.worker_id})"
             _end_attempt(job, decision.state, now, error if decision.retry else f"{error}; {decision.reason}")
+        if silent_after is not None:
+            # a worker silent this long was killed or lost its node: it no longer counts as running
+            silent_since = now - timedelta(seconds=silent_after)
+            session.execute(
+                update(Worker)
+                .where(
+                    Worker.status.in_([WorkerStatus.RUNNING, WorkerStatus.STOPPING]),
+                    Worker.last_heartbeat < silent_since,
+                )
+                .values(status=WorkerStatus.STOPPED, reason=f"no heartbeat for over {silent_after:g} s")
+            )
         # and studies left unsettled by a process that died between completing and settling
         unsettled = set(session.scalars(_UNSETTLED))
         for study_id in sorted({job.study_id for job in reaped} | unsettled):

@@ -39,6 +39,7 @@ from studies.db import (
     upgrade,
 )
 from studies.db.engine import VERSION_TABLE, alembic_config
+from studies.db.models import WorkerStatus
 from studies.exceptions import Conflict, NotFound, SpecError
 from studies.queue.retry import MAX_LOST_LEASES
 from studies.spec import SpecLimits, StudySpec
@@ -449,6 +450,25 @@ def test_workers_register_and_stop(factory: sessionmaker[Session]) -> None:
     assert [(w.id, w.status) for w in queue.list_workers(factory)] == [("new", "running"), ("old", "stopped")]
     alive = queue.list_workers(factory, alive_within=30, now=T0 + timedelta(seconds=110))
     assert [w.id for w in alive] == ["new"]
+
+
+def test_the_reaper_marks_silent_workers_stopped(factory: sessionmaker[Session]) -> None:
+    """A SIGKILLed worker sends no more heartbeats; it must not stay 'running' in /workers."""
+    queue.register_worker(factory, "killed", "host", 1, "cpu", 2, now=T0)
+    queue.register_worker(factory, "alive", "host", 2, "cpu", 2, now=T0 + timedelta(seconds=100))
+    queue.register_worker(factory, "halted", "host", 3, "cpu", 2, now=T0)
+    queue.set_worker_status(factory, "halted", WorkerStatus.HALTED, now=T0, reason="3 failures")
+
+    queue.reap(factory, now=T0 + timedelta(seconds=110))  # not asked: nothing changes
+    assert {w.id: w.status for w in queue.list_workers(factory)}["killed"] == "running"
+    queue.reap(factory, now=T0 + timedelta(seconds=110), silent_after=60)
+
+    workers = {w.id: (w.status, w.reason) for w in queue.list_workers(factory)}
+    assert workers == {
+        "killed": ("stopped", "no heartbeat for over 60 s"),
+        "alive": ("running", None),
+        "halted": ("halted", "3 failures"),
+    }
 
 
 # -- transactions --------------------------------------------------------------------------
