@@ -1,4 +1,5 @@
-"""`hdetach`: train trials, run the demo; later, submit studies, run workers and the service.
+"""`hdetach`: train trials, run the demo, submit studies, run workers (one device, or a supervisor
+over several), check a worker's health, and serve the REST API.
 
 Bad arguments end with a one-line message and exit code 2.
 """
@@ -282,24 +283,77 @@ def status(
 @app.command()
 def worker(
     database_url: DatabaseUrl = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu, cuda, cuda:1, ...; `all` (every visible CUDA device) or a comma-separated list "
+            "(cuda:0,cuda:2) runs one worker process per entry under a supervisor"
+        ),
+    ] = "cpu",
+    per_device: Annotated[
+        int, typer.Option(min=1, help="worker processes per device (more than 1: under a supervisor)")
+    ] = 1,
     pack: Annotated[int, typer.Option(min=1, help="most jobs trained together in one packed run")] = 8,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (per worker process)")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
-    max_packs: Annotated[int | None, typer.Option(min=1, help="stop after this many packs")] = None,
+    max_packs: Annotated[
+        int | None, typer.Option(min=1, help="stop after this many packs (per worker process)")
+    ] = None,
     max_infra_failures: Annotated[
         int, typer.Option(min=1, help="infrastructure failures in a row before the worker halts")
     ] = 5,
 ) -> None:
-    """Claim queued trials and train them on one device until stopped (SIGTERM: graceful).
+    """Claim queued trials and train them until stopped (SIGTERM: graceful; a second one: at once).
 
-    Exit codes: 3 when the device fails the start-up check (nothing claimed); 4 when the worker
-    halted after repeated infrastructure failures."""
+    One device (`--device cuda:1`, per-device 1): one worker in this process. Exit codes: 3 when
+    the device fails the start-up check (nothing claimed); 4 when the worker halted after repeated
+    infrastructure failures; 5 after a CUDA error (the device wants a fresh process).
+
+    `--device all`, a list (`--device cuda:0,cuda:2`) or `--per-device N` > 1: a supervisor runs one
+    `hdetach worker` process per device entry (N per device), passing the other options on. A child
+    that exits 0, 3 (device unusable) or 2 (bad arguments) is not restarted; any other exit (4, 5,
+    a crash, a signal) is restarted after a back-off of 1 s doubling to 60 s (reset once a child
+    ran 120 s). SIGTERM/SIGINT is forwarded to every child; a second one forwards a second SIGTERM.
+    Exit code: 0 when every child ended 0 or was stopped by the forwarded signal; 3 when every
+    child's device was unusable, or at once with one line when `--device all` sees no CUDA device;
+    otherwise the last abnormal child exit code not recovered by a restart (signal N: 128 + N)."""
     import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from workers.supervisor import NoDevicesError, needs_supervisor
+
+    if needs_supervisor(device, per_device):
+        from workers.supervisor import Supervisor, child_command, expand_devices
+
+        try:
+            devices = expand_devices(device, per_device)
+        except NoDevicesError as e:
+            typer.echo(f"error: {e}; no worker started", err=True)
+            raise typer.Exit(3) from None
+        except ValueError as e:
+            fail(str(e))
+        commands = [
+            (
+                one,
+                child_command(
+                    one,
+                    database_url=database_url,
+                    pack=pack,
+                    threads=threads,
+                    exit_when_idle=exit_when_idle,
+                    max_packs=max_packs,
+                    max_infra_failures=max_infra_failures,
+                ),
+            )
+            for one in devices
+        ]
+        code = Supervisor(commands).run()
+        if code:
+            raise typer.Exit(code)
+        return
 
     from workers.worker import Worker, WorkerOptions
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(database_url)
     options = WorkerOptions(
         database_url=settings.database_url,
@@ -313,9 +367,46 @@ def worker(
         exit_when_idle=exit_when_idle,
         max_infra_failures=max_infra_failures,
     )
-    code = Worker(options).run()  # 3: device unusable; 4: halted after infrastructure failures
+    code = Worker(options).run()  # 3: device unusable; 4: halted; 5: device lost after a CUDA error
     if code:
         raise typer.Exit(code)
+
+
+health_app = typer.Typer(
+    help="Health checks for container healthchecks: exit 0 healthy, 1 not (with one line saying why).",
+    no_args_is_help=True,
+)
+app.add_typer(health_app, name="health")
+
+
+@health_app.command("worker")
+def health_worker(
+    database_url: DatabaseUrl = None,
+    max_age: Annotated[
+        float | None,
+        typer.Option(min=0, help="seconds a heartbeat may be old (default 3 x HDETACH_HEARTBEAT_SECONDS)"),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the database, at most")] = 5.0,
+) -> None:
+    """Exit 0 if a worker registered from this host (socket.gethostname()) is running with a recent
+    heartbeat; else exit 1 with one line: no worker from this host, halted (and why), stopped, or
+    its heartbeat N s old. The database is given `--timeout` seconds to connect and answer; the
+    whole check ends within about twice that."""
+    from workers.health import check_worker_health
+
+    try:
+        settings = _settings(database_url)
+    except ValidationError as e:
+        typer.echo(f"unhealthy: settings: {validation_message(e)}")
+        raise typer.Exit(1) from None
+    healthy, message = check_worker_health(
+        settings.database_url,
+        max_age if max_age is not None else 3 * settings.heartbeat_seconds,
+        timeout,
+    )
+    typer.echo(message)
+    if not healthy:
+        raise typer.Exit(1)
 
 
 @app.command("ray-run")

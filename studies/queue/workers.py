@@ -63,10 +63,16 @@ def worker_stopped(factory: sessionmaker[Session], worker_id: str, now: datetime
 
 
 def list_workers(
-    factory: sessionmaker[Session], alive_within: float | None = None, now: datetime | None = None
+    factory: sessionmaker[Session],
+    alive_within: float | None = None,
+    now: datetime | None = None,
+    hostname: str | None = None,
 ) -> Sequence[Worker]:
-    """All workers, newest first; with `alive_within` (seconds), only those that reported since."""
-    statement = select(Worker).order_by(Worker.started_at.desc())
+    """All workers, newest first; with `alive_within` (seconds), only those that reported since;
+    with `hostname`, only those registered from that host."""
+    statement = select(Worker).order_by(Worker.started_at.desc(), Worker.last_heartbeat.desc())
+    if hostname is not None:
+        statement = statement.where(Worker.hostname == hostname)
     if alive_within is not None:
         since = resolve_now(now) - timedelta(seconds=alive_within)
         statement = statement.where(Worker.last_heartbeat >= since, Worker.status != WorkerStatus.STOPPED)
