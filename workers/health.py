@@ -78,10 +78,11 @@ def describe(worker: Worker, now: datetime, max_age: float) -> str:
     who = f"worker {worker.id} ({worker.device}, pid {worker.pid})"
     if worker.status == WorkerStatus.HALTED:
         return f"{who} halted: {worker.reason or 'no reason recorded'}"
+    age = max(0.0, (now - worker.last_heartbeat).total_seconds())
     if worker.status == WorkerStatus.RUNNING:
-        age = max(0.0, (now - worker.last_heartbeat).total_seconds())
         return f"{who} last heartbeat {age:.0f} s old (max {max_age:g} s)"
-    return f"{who} {worker.status}"
+    # stopped: signed off, or marked so by a reaper after a silence
+    return f"{who} {worker.status}, last heartbeat {age:.0f} s ago"
 
 
 def check_worker_health(

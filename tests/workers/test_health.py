@@ -84,7 +84,9 @@ def test_health_follows_the_workers_of_this_host(database_url, factory):
             worker.kill()
             worker.communicate()
     code, line = health(database_url)
-    assert code == 1 and line.endswith(f"worker {live.id} (cpu, pid {worker.pid}) stopped"), line
+    assert code == 1 and re.search(
+        rf"worker {live.id} \(cpu, pid {worker.pid}\) stopped, last heartbeat \d+ s ago$", line
+    ), line
 
     queue.register_worker(factory, f"{HOST}-7-halted", HOST, 7, "cuda:1", 8)
     queue.set_worker_status(
