@@ -180,10 +180,21 @@ DatabaseUrl = Annotated[
 
 
 def _settings(database_url: str | None):
+    """The settings, or one line and exit code 2 if they are invalid (a bad secret file, say)."""
     from hdetach.settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        fail(f"settings: {validation_message(e)}")
     return settings.model_copy(update={"database_url": database_url}) if database_url else settings
+
+
+def _shown(url: str) -> str:
+    """A database URL fit for a log: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @db_app.command("upgrade")
@@ -193,7 +204,7 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 
     settings = _settings(database_url)
     upgrade(settings.database_url)
-    typer.echo(f"database at head: {settings.database_url}")
+    typer.echo(f"database at head: {_shown(settings.database_url)}")
 
 
 @app.command()
@@ -302,12 +313,16 @@ def worker(
     max_infra_failures: Annotated[
         int, typer.Option(min=1, help="infrastructure failures in a row before the worker halts")
     ] = 5,
+    wait_for_database: Annotated[
+        float, typer.Option(min=0, help="seconds start-up waits for an unreachable database (then exit 6)")
+    ] = 120.0,
 ) -> None:
     """Claim queued trials and train them until stopped (SIGTERM: graceful; a second one: at once).
 
     One device (`--device cuda:1`, per-device 1): one worker in this process. Exit codes: 3 when
     the device fails the start-up check (nothing claimed); 4 when the worker halted after repeated
-    infrastructure failures; 5 after a CUDA error (the device wants a fresh process).
+    infrastructure failures; 5 after a CUDA error (the device wants a fresh process); 6 when the
+    database stayed unreachable at start-up (`--wait-for-database`, 120 s).
 
     `--device all`, a list (`--device cuda:0,cuda:2`) or `--per-device N` > 1: a supervisor runs one
     `hdetach worker` process per device entry (N per device), passing the other options on. A child
@@ -343,6 +358,7 @@ def worker(
                     exit_when_idle=exit_when_idle,
                     max_packs=max_packs,
                     max_infra_failures=max_infra_failures,
+                    wait_for_database=wait_for_database,
                 ),
             )
             for one in devices
@@ -366,8 +382,22 @@ def worker(
         max_packs=max_packs,
         exit_when_idle=exit_when_idle,
         max_infra_failures=max_infra_failures,
+        database_patience_seconds=wait_for_database,
     )
-    code = Worker(options).run()  # 3: device unusable; 4: halted; 5: device lost after a CUDA error
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the migration check, not its chatter
+    from workers.failures import FailureKind, classify, one_line
+    from workers.worker import EXIT_DATABASE_UNREACHABLE
+
+    try:
+        executor = Worker(options)  # waits out a database that is restarting (--wait-for-database)
+    except Exception as error:
+        if classify(error) is not FailureKind.INFRASTRUCTURE:
+            raise
+        typer.echo(
+            f"error: database {_shown(settings.database_url)} unreachable: {one_line(error)}", err=True
+        )
+        raise typer.Exit(EXIT_DATABASE_UNREACHABLE) from None
+    code = executor.run()  # 3: device unusable; 4: halted; 5: device lost after a CUDA error
     if code:
         raise typer.Exit(code)
 

@@ -324,13 +324,6 @@ def test_compose_commands_are_real_cli_commands():
         assert all(o in help_run.stdout for o in command[2:] if o.startswith("--"))
 
 
-SUPERVISOR_MISSING = pytest.mark.skipif(
-    not _cli_has("worker", needle="--per-device"),
-    reason="the worker supervisor (hdetach worker --device all --per-device N) has not landed yet",
-)
-
-
-@SUPERVISOR_MISSING
 def test_worker_command_options_exist():
     command = HEAD["services"]["worker"]["command"]
     help_run = subprocess.run(
@@ -414,7 +407,6 @@ def test_migrate_api_and_dashboard_commands_run_natively(deployment, tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@SUPERVISOR_MISSING
 def test_worker_supervisor_and_its_healthcheck_run_natively(deployment):
     assert _run(HEAD["services"]["migrate"]["command"], deployment).returncode == 0
     health = HEAD["services"]["worker"]["healthcheck"]["test"][1:]

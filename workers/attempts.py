@@ -200,9 +200,18 @@ def wait_out_infrastructure(action: Callable[[], T], what: str, patience_seconds
 class Executor:
     """What every executor holds: an id, the database, Optuna's storage, its leases, a stop flag."""
 
-    def __init__(self, database_url: str, id_prefix: str, lease_seconds: float, heartbeat_seconds: float):
+    def __init__(
+        self,
+        database_url: str,
+        id_prefix: str,
+        lease_seconds: float,
+        heartbeat_seconds: float,
+        database_patience_seconds: float = 120.0,
+    ):
         self.id = f"{id_prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.storage = wait_out_infrastructure(lambda: _bootstrap(database_url), "opening the database")
+        self.storage = wait_out_infrastructure(
+            lambda: _bootstrap(database_url), "opening the database", database_patience_seconds
+        )
         self.engine = make_engine(database_url, pool_pre_ping=False)  # queue operations retry instead
         self.factory = session_factory(self.engine)
         self.stop_requested = threading.Event()

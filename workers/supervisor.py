@@ -91,10 +91,16 @@ def child_command(
     exit_when_idle: bool,
     max_packs: int | None,
     max_infra_failures: int,
+    wait_for_database: float = 120.0,
 ) -> list[str]:
     """`python -m hdetach worker` on one device, with the supervisor's other options."""
     command = [sys.executable, "-m", "hdetach", "worker", "--device", device, "--pack", str(pack)]
-    command += ["--max-infra-failures", str(max_infra_failures)]
+    command += [
+        "--max-infra-failures",
+        str(max_infra_failures),
+        "--wait-for-database",
+        f"{wait_for_database:g}",
+    ]
     if database_url is not None:
         command += ["--database-url", database_url]
     if threads is not None:

@@ -45,6 +45,7 @@ log = logging.getLogger("hdetach.worker")
 EXIT_DEVICE_UNUSABLE = 3  # the device failed its start-up check; nothing was claimed
 EXIT_HALTED = 4  # stopped claiming after repeated infrastructure failures
 EXIT_DEVICE_LOST = 5  # a CUDA error left the device unusable in this process: start a fresh one
+EXIT_DATABASE_UNREACHABLE = 6  # (`hdetach worker`) the database stayed unreachable at start-up
 
 
 def free_device_memory() -> None:
@@ -84,11 +85,18 @@ class WorkerOptions:
     max_infra_failures: int = 5  # infrastructure failures in a row before the worker halts
     max_backoff_seconds: float = 60.0  # longest wait after an infrastructure failure
     settle_tries: int = 5  # tries at recording a trained pack while the database is away
+    database_patience_seconds: float = 120.0  # how long start-up waits for an unreachable database
 
 
 class Worker(Executor):
     def __init__(self, options: WorkerOptions):
-        super().__init__(options.database_url, "", options.lease_seconds, options.heartbeat_seconds)
+        super().__init__(
+            options.database_url,
+            "",
+            options.lease_seconds,
+            options.heartbeat_seconds,
+            options.database_patience_seconds,
+        )
         self.options = options
         self.packs_done = 0
         self.device_broken: str | None = None  # the CUDA error after which this process must go

@@ -292,11 +292,12 @@ def test_children_get_the_other_options():
         exit_when_idle=True,
         max_packs=3,
         max_infra_failures=7,
+        wait_for_database=30,
     )
     assert command[:4] == [sys.executable, "-m", "hdetach", "worker"]
     assert " ".join(command[4:]) == (
-        "--device cuda:1 --pack 16 --max-infra-failures 7 --database-url postgresql://db/x "
-        "--threads 2 --max-packs 3 --exit-when-idle"
+        "--device cuda:1 --pack 16 --max-infra-failures 7 --wait-for-database 30 "
+        "--database-url postgresql://db/x --threads 2 --max-packs 3 --exit-when-idle"
     )
     bare = child_command(
         "cpu",
@@ -307,7 +308,7 @@ def test_children_get_the_other_options():
         max_packs=None,
         max_infra_failures=5,
     )
-    assert " ".join(bare[4:]) == "--device cpu --pack 8 --max-infra-failures 5"
+    assert " ".join(bare[4:]) == "--device cpu --pack 8 --max-infra-failures 5 --wait-for-database 120"
 
 
 def test_the_exit_code_rule():

@@ -99,6 +99,17 @@ def test_a_worker_on_a_device_it_cannot_use_exits_without_claiming(database_url,
     assert queue.list_workers(factory) == []
 
 
+def test_a_worker_whose_database_stays_unreachable_exits_6_with_one_line():
+    worker = start_worker(
+        "postgresql://postgres:secret@127.0.0.1:1/nowhere", "--wait-for-database", "2", env=FAST
+    )
+    out, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 6, out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("error: database postgresql://postgres:***@127.0.0.1:1/nowhere unreachable")
+    assert "Traceback" not in out and "secret" not in out
+
+
 def test_out_of_memory_halves_the_pack_down_to_one_trial_without_spending_attempts(database_url, factory):
     study_id = submit(database_url, learning_rates=[0.001, 0.01], seeds=[1])  # 4 cells
     code, out = run_worker(database_url, "--pack", "4", env={"HDETACH_TEST_FAULT": "training:oom"})
