@@ -27,9 +27,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response, status
 
-from studies.db.models import Study, StudyStatus
+from studies.db.models import FINISHED_STUDY, Study
 
-FINISHED = frozenset({StudyStatus.DONE, StudyStatus.CANCELLED, StudyStatus.FAILED})
 FINISHED_MAX_AGE = 60  # seconds a client may reuse a finished study's response without asking
 MAX_ENTRIES = 512
 MAX_BYTES = 64 * 2**20  # response bodies (summaries: their JSON size, as an estimate)
@@ -110,7 +109,7 @@ CacheDep = Annotated[ResponseCache, Depends(get_cache)]
 
 def study_key(study: Study) -> tuple[Hashable, ...] | None:
     """What identifies a finished study's state; None while it may still change."""
-    if study.status not in FINISHED:
+    if study.status not in FINISHED_STUDY:
         return None
     stamps = (study.created_at, study.finished_at, study.updated_at)
     return (study.id, study.status, *(None if t is None else t.isoformat() for t in stamps))
@@ -141,7 +140,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 def respond(request: Request, study: Study, entry: Entry, cache_state: str) -> Response:
     """The entry as a response with ETag, Cache-Control and X-Cache; 304 if If-None-Match matches."""
-    finished = study.status in FINISHED
+    finished = study.status in FINISHED_STUDY
     headers = {
         "ETag": entry.etag,
         "Cache-Control": f"private, max-age={FINISHED_MAX_AGE}" if finished else "private, no-cache",

@@ -44,6 +44,10 @@ class StudyStatus(StrEnum):
     FAILED = "failed"
 
 
+# a study in one of these states no longer changes: none of its jobs is queued or running
+FINISHED_STUDY = frozenset({StudyStatus.DONE, StudyStatus.CANCELLED, StudyStatus.FAILED})
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -8,13 +8,11 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from studies.db.models import Job, JobState, Study, StudyStatus, as_utc, utcnow
+from studies.db.models import FINISHED_STUDY, Job, JobState, Study, StudyStatus, as_utc, utcnow
 
 # Core tables for the hot paths (claim, complete): no ORM unit of work, no per-row objects.
 JOBS = cast(Table, Job.__table__)
 STUDIES = cast(Table, Study.__table__)
-
-FINISHED_STUDY = frozenset({StudyStatus.DONE, StudyStatus.CANCELLED, StudyStatus.FAILED})
 
 
 def resolve_now(now: datetime | None) -> datetime:

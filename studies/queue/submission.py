@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus
+from studies.db.models import FINISHED_STUDY, Job, JobState, Study, StudyStatus
 from studies.exceptions import Conflict, NotFound, SpecError
-from studies.queue._common import FINISHED_STUDY, lock_study, resolve_now, settle_study, state_counts
+from studies.queue._common import lock_study, resolve_now, settle_study, state_counts
 from studies.queue._types import CancelResult
 from studies.spec import DEFAULT_LIMITS, SpecLimits, StudySpec
 
