@@ -16,7 +16,15 @@ from studies.storable import JSONInt, Seed, StorableText
 
 PAPER_CLIP_NORM = 1.0  # gradient-norm clipping in the authors' code
 PAPER_BATCH_SIZE = 100
-PAPER_P_OFF_FRACTION = 40 / 600  # copying: p_detach switched off for the last 40 of 600 epochs
+# p_detach switched off at the end of training. The authors' code (copying.py, pixelmnist.py;
+# `--anneal-p 40`) loops `for epoch in range(epochs)` and tests `epoch > epochs - 40`: epochs
+# 561-599 of 600 (copying) and 161-199 of 200 (MNIST) run without h-detach, the last 39 epochs.
+# As a fraction of the steps (TrainingConfig.detach_on), that is 39/600 and 39/200.
+PAPER_ANNEAL_EPOCHS = 40
+PAPER_COPYING_EPOCHS = 600
+PAPER_MNIST_EPOCHS = 200
+PAPER_COPYING_P_OFF_FRACTION = (PAPER_ANNEAL_EPOCHS - 1) / PAPER_COPYING_EPOCHS  # 39/600
+PAPER_MNIST_P_OFF_FRACTION = (PAPER_ANNEAL_EPOCHS - 1) / PAPER_MNIST_EPOCHS  # 39/200
 MAX_EVAL_SET = 100_000  # largest validation or test set of a copying/adding task (n_val, n_test)
 
 
@@ -86,8 +94,17 @@ class TrainingConfig(BaseModel):
 
     @property
     def p_off_step(self) -> int:
-        """First step at which p_detach is switched off."""
+        """First step (counted from 0) at which p_detach is switched off: the last
+        round(p_off_fraction * steps) steps run without h-detach."""
         return self.steps - round(self.p_off_fraction * self.steps)
+
+    def detach_on(self, step: int) -> bool:
+        """Whether the step with 0-based index `step` (the step-th update) draws h-detach masks.
+
+        Off for the last round(p_off_fraction * steps) steps. With E steps per epoch, `steps` =
+        epochs * E and fraction (a - 1) / epochs, this is the authors' `epoch > epochs - a` with
+        0-based epochs: step // E > epochs - a exactly when step >= steps - (a - 1) * E."""
+        return step < self.p_off_step
 
 
 class TrialParams(BaseModel):

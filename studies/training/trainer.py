@@ -135,7 +135,7 @@ class PackTrainer:
     def _train_step(self) -> None:
         cfg, task, K = self.config, self.task, len(self.trials)
         xs, ys, masks = [], [], []
-        p_on = self.step < cfg.p_off_step
+        p_on = cfg.detach_on(self.step)
         for k in range(K):
             if self.active[k]:
                 x, y = task.train_batch(cfg.batch_size, self.data_gens[k])

@@ -6,6 +6,8 @@ import pytest
 
 from studies.presets import PRESETS, preset_spec, validated_presets
 
+_PAPER_TASKS = ("copying-T100", "copying-T300", "pixel-mnist", "permuted-mnist")
+
 
 def test_every_preset_is_a_valid_spec_with_the_papers_p_detach():
     specs = validated_presets()
@@ -41,3 +43,15 @@ def test_overrides_merge_nested_objects_and_replace_the_rest():
 def test_unknown_preset_names_the_presets():
     with pytest.raises(KeyError, match="copying-T100"):
         preset_spec("copying-T1000")
+
+
+PAPER_PRESETS = [f"{base}{size}" for base in _PAPER_TASKS for size in ("", "-small")]
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_switch_h_detach_off_for_the_authors_final_epochs(name):
+    spec = validated_presets()[name]
+    epochs = 600 if name.startswith("copying") else 200  # the authors' n_epochs
+    assert spec.training.p_off_fraction == pytest.approx(39 / epochs)
+    config = spec.training_config()
+    assert config.steps - config.p_off_step == round(39 / epochs * spec.budget.steps) > 0

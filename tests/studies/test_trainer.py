@@ -7,6 +7,13 @@ import math
 import pytest
 
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+from studies.training.config import (
+    PAPER_ANNEAL_EPOCHS,
+    PAPER_COPYING_EPOCHS,
+    PAPER_COPYING_P_OFF_FRACTION,
+    PAPER_MNIST_EPOCHS,
+    PAPER_MNIST_P_OFF_FRACTION,
+)
 
 SMALL = TrainingConfig(
     task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
@@ -113,3 +120,43 @@ def test_bad_trial_params_are_rejected(field, value):
 def test_vanilla_with_p_detach_is_rejected():
     with pytest.raises(ValueError, match="vanilla"):
         TrialParams(variant="vanilla", p_detach=0.5)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "on"),
+    [
+        (0.2, [True] * 8 + [False] * 2),  # round(0.2 * 10) = 2: steps 8 and 9 (0-based) run without
+        (0.0, [True] * 10),
+        (1.0, [False] * 10),
+        (0.34, [True] * 7 + [False] * 3),  # round(3.4) = 3
+    ],
+)
+def test_detach_schedule_on_ten_steps(fraction, on):
+    config = SMALL.model_copy(update={"steps": 10, "eval_every": 5, "p_off_fraction": fraction})
+    assert [config.detach_on(step) for step in range(10)] == on
+    # and the trainer draws masks exactly on those steps (p_detach 1: every time step blocked)
+    trainer = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=1.0, lr=1e-3, seed=1)])
+    drawn: list[bool] = []
+    forward = trainer.model.forward
+
+    def spy(x, mask=None):
+        if trainer.model.training:
+            drawn.append(bool(mask.any()))
+        return forward(x, mask)
+
+    trainer.model.forward = spy
+    trainer.run()
+    assert drawn == on
+
+
+@pytest.mark.parametrize(
+    ("epochs", "fraction"),
+    [(PAPER_COPYING_EPOCHS, PAPER_COPYING_P_OFF_FRACTION), (PAPER_MNIST_EPOCHS, PAPER_MNIST_P_OFF_FRACTION)],
+)
+@pytest.mark.parametrize("per_epoch", [1, 7, 1000])
+def test_detach_schedule_is_the_authors_epoch_rule_in_steps(epochs, fraction, per_epoch):
+    """copying.py / pixelmnist.py: `for epoch in range(epochs): if epoch > epochs - 40: p off`."""
+    config = TrainingConfig(steps=epochs * per_epoch, p_off_fraction=fraction)
+    authors = [not (step // per_epoch > epochs - PAPER_ANNEAL_EPOCHS) for step in range(config.steps)]
+    assert [config.detach_on(step) for step in range(config.steps)] == authors
+    assert authors.count(False) == 39 * per_epoch  # the last 39 epochs, as their loop counts from 0
