@@ -153,17 +153,18 @@ def _fmt(value: float | None) -> str:
 
 @app.command()
 def demo(
-    steps: Annotated[int, typer.Option(min=1, help="optimizer steps per trial")] = 600,
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps per trial")] = 1500,
+    seeds: Annotated[int, typer.Option(min=1, max=100, help="seeds 1..N per learning rate")] = 3,
     workers: Annotated[int, typer.Option(min=1, help="local worker processes")] = 2,
     out_dir: Annotated[Path, typer.Option(help="where the run folder (database, report, logs) goes")] = Path(
         "runs"
     ),
 ) -> None:
-    """The whole product on a local SQLite file: API, two workers, a small copying study, its summary."""
+    """The whole product on a local SQLite file: API, two workers, a small adding study, its summary."""
     from hdetach.demo import run_demo
 
     try:
-        run_demo(steps, workers, out_dir, Console())
+        run_demo(steps, workers, out_dir, Console(), seeds=seeds)
     except KeyboardInterrupt:
         console.print("interrupted: stopped the API and the workers")
         raise typer.Exit(130) from None

@@ -20,14 +20,25 @@ def test_every_preset_is_a_valid_spec_with_the_papers_p_detach():
         "pixel-mnist-small",
         "permuted-mnist",
         "permuted-mnist-small",
+        "adding-T50-small",
     }
     assert specs["copying-T100"].task.T == 100 and specs["copying-T300"].task.T == 300
     for name, spec in specs.items():
         p = {v.name: v.p_detach for v in spec.variants}
-        assert p == {"vanilla": 0.0, "h-detach": 0.5 if name.startswith("copying") else 0.25}
+        assert p == {"vanilla": 0.0, "h-detach": 0.25 if "mnist" in name else 0.5}
         assert spec.training.clip_norm == 1.0
-        if name.endswith("-small"):
+        if name.endswith("-small") and name != "adding-T50-small":
             assert spec.grid_size <= 12 and spec.model.hidden_size <= 32 and spec.budget.steps <= 1000
+
+
+def test_adding_preset_is_the_demos_cpu_regime_with_lower_is_better_mse():
+    spec = validated_presets()["adding-T50-small"]
+    assert spec.task.name == "adding" and spec.task.T == 50 and spec.model.hidden_size == 64
+    assert spec.lr_values() == [1e-2, 3e-2, 1e-1] and spec.seeds == [1, 2, 3] and spec.grid_size == 18
+    assert spec.budget.steps == 1500 and spec.budget.batch_size == 32
+    assert spec.success.metric == "mse" and spec.success.threshold == 0.01
+    config = spec.training_config()
+    assert config.success_metric == "mse" and config.success_threshold == 0.01
 
 
 def test_overrides_merge_nested_objects_and_replace_the_rest():
