@@ -15,7 +15,7 @@ COPY studies ./studies
 COPY workers ./workers
 COPY service ./service
 COPY hdetach ./hdetach
-RUN pip install --no-cache-dir -c constraints.txt ".[ray]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[ray,mnist]" \
     && useradd --create-home --uid 10001 hdetach \
     && mkdir -p /data/ray_results && chown hdetach /data/ray_results
 USER 10001

