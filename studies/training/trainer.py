@@ -3,6 +3,13 @@
 A single trial is a pack of one. Each trial draws its data and its masks from its own
 generators (seeded from the trial seed), so it gives the same results alone or in any pack.
 Divergence (a non-finite loss) ends a trial as an outcome while the rest of its pack goes on.
+
+Model selection, as in the authors' code: at every evaluation that improves a trial's validation
+value of the success metric (accuracy: higher; mse, loss: lower; a tie keeps the earlier model;
+a model whose validation metrics are not all finite is never chosen), a copy of that trial's
+slice of the packed parameters is kept. At the end each trial is tested twice: the final model
+(`final`) and the kept one (`best_val`, from step `best_val_step`), a diverged trial too if it was
+evaluated before it diverged.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from studies.tasks import Task, make_task
 from studies.training.config import TrainingConfig, TrialParams, derived_seed
 from studies.training.model import PackedSequenceModel
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the best-validation weights and fields
 
 # once per evaluation: {trial index in the pack: its curve point} for the trials still running
 EvalCallback = Callable[[dict[int, dict[str, float]]], None]
@@ -37,6 +44,9 @@ class TrialRecord:
     status: str = "running"  # running | completed | succeeded | diverged | interrupted | cancelled
     curve: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # test metrics of the final model
+    best_val: dict[str, float] = field(default_factory=dict)  # test metrics of the best-validation model
+    best_val_step: int | None = None  # the evaluation step that model comes from
+    best_val_value: float | None = None  # its validation value of the success metric
     transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # copying at other T
     diverged_at: int | None = None
     steps_to_threshold: int | None = None
@@ -91,6 +101,8 @@ class PackTrainer:
             self.task.success_threshold if config.success_threshold is None else config.success_threshold
         )
         self.records = [TrialRecord(t) for t in self.trials]
+        # per trial: its parameters (name -> its slice) at its best validation so far, or None
+        self._best: list[dict[str, Tensor] | None] = [None] * K
         self.active = [True] * K
         self.step = 0
         self._loss_sum = [0.0] * K
@@ -233,6 +245,8 @@ class PackTrainer:
             self._loss_sum[k], self._loss_count[k] = 0.0, 0
             record.curve.append(point)
             value = point.get(f"val_{self.success_metric}", math.nan)
+            if self._improves(k, point, value):
+                self._keep_best(k, value)
             if record.steps_to_threshold is None and self.is_success(value):
                 record.steps_to_threshold = self.step
                 if self.config.stop_on_success:
@@ -241,6 +255,33 @@ class PackTrainer:
             points[k] = point
         if on_eval is not None:
             on_eval(points)
+
+    def _improves(self, k: int, point: dict[str, float], value: float) -> bool:
+        """Whether this evaluation beats trial k's best validation value (a tie does not)."""
+        if not all(math.isfinite(v) for name, v in point.items() if name.startswith("val_")):
+            return False
+        best = self.records[k].best_val_value
+        if best is None:
+            return math.isfinite(value)
+        return value > best if self.success_metric == "accuracy" else value < best
+
+    @torch.no_grad()
+    def _keep_best(self, k: int, value: float) -> None:
+        record = self.records[k]
+        record.best_val_step, record.best_val_value = self.step, value
+        self._best[k] = {name: p[k].detach().clone() for name, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def _swap_best(self, ks: Sequence[int]) -> None:
+        """Exchange the current weights of trials `ks` with their kept best ones (twice: undone)."""
+        params = dict(self.model.named_parameters())
+        for k in ks:
+            best = self._best[k]
+            assert best is not None
+            for name, saved in best.items():
+                current = params[name][k].clone()
+                params[name][k].copy_(saved)
+                saved.copy_(current)
 
     def is_success(self, value: float) -> bool:
         """Whether a value of the success metric meets the threshold (accuracy: >=; mse, loss: <=)."""
@@ -264,6 +305,18 @@ class PackTrainer:
                 }
                 if record.status == "running":
                     record.status = "completed"
+        # the best-validation models, diverged ones included if they were ever evaluated
+        kept = [
+            k for k, r in enumerate(self.records) if r.status != "cancelled" and self._best[k] is not None
+        ]
+        if kept:
+            self._swap_best(kept)
+            try:
+                metrics = self.evaluate("test")
+            finally:
+                self._swap_best(kept)
+            for k in kept:
+                self.records[k].best_val = {name: float(v[k]) for name, v in metrics.items()}
 
     def _add_wall_time(self, seconds: float) -> None:
         for k, record in enumerate(self.records):
@@ -286,6 +339,7 @@ class PackTrainer:
             "records": [r.to_dict() for r in self.records],
             "active": self.active,
             "loss_acc": (self._loss_sum, self._loss_count),
+            "best": self._best,
         }
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -309,6 +363,10 @@ class PackTrainer:
             g.set_state(s)
         trainer.active = list(state["active"])
         trainer._loss_sum, trainer._loss_count = (list(v) for v in state["loss_acc"])
+        trainer._best = [
+            None if best is None else {name: t.to(trainer.device) for name, t in best.items()}
+            for best in state["best"]
+        ]
         for record, saved in zip(trainer.records, state["records"], strict=True):
             for key, value in saved.items():
                 if key != "params":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
 from studies.training.config import (
@@ -160,3 +161,92 @@ def test_detach_schedule_is_the_authors_epoch_rule_in_steps(epochs, fraction, pe
     authors = [not (step // per_epoch > epochs - PAPER_ANNEAL_EPOCHS) for step in range(config.steps)]
     assert [config.detach_on(step) for step in range(config.steps)] == authors
     assert authors.count(False) == 39 * per_epoch  # the last 39 epochs, as their loop counts from 0
+
+
+# -- best-validation model selection -------------------------------------------------------------
+# Validation values scripted per evaluation (steps 4, 8, ..., 24) for a pack of two trials, and the
+# steps the selection must pick: the first best (a tie keeps the earlier), never a model whose
+# validation metrics are not all finite (trial 1's 0.9 / 0.05 at step 16 comes with a NaN).
+NAN = math.nan
+SCRIPTS = {
+    "accuracy": (
+        [[0.1, 0.5, 0.5, 0.3, 0.4, 0.2], [0.2, 0.1, 0.3, 0.9, 0.6, 0.6]],
+        [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, NAN, 1.0, 1.0]],  # loss
+        (8, 20),
+    ),
+    "loss": (
+        [[0.9, 0.4, 0.4, 0.6, 0.5, 0.7], [0.8, 0.9, 0.5, 0.05, 0.2, 0.2]],
+        [[0.5, 0.5, 0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, NAN, 0.5, 0.5]],  # accuracy
+        (8, 20),
+    ),
+}
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_best_validation_model_is_kept_and_tested(metric):
+    selected, other, expected_steps = SCRIPTS[metric]
+    other_name = "loss" if metric == "accuracy" else "accuracy"
+    config = SMALL.model_copy(update={"eval_every": 4, "success_metric": metric})
+    trainer = PackTrainer(config, TRIALS[:2])
+    fingerprints: dict[int, list[float]] = {}  # step -> each trial's weights, summed
+
+    def fingerprint():
+        return torch.stack([p.detach().flatten(1).sum(1) for p in trainer.model.parameters()]).sum(0)
+
+    def fake_evaluate(split, task=None):
+        if split == "test":  # the "test metrics" identify the weights being tested
+            fp = fingerprint()
+            return {"accuracy": fp, "loss": fp}
+        i = len(fingerprints)
+        fingerprints[trainer.step] = fingerprint().tolist()
+        return {
+            metric: torch.tensor([selected[0][i], selected[1][i]], dtype=torch.float64),
+            other_name: torch.tensor([other[0][i], other[1][i]], dtype=torch.float64),
+        }
+
+    trainer.evaluate = fake_evaluate
+    records = trainer.run()
+    assert sorted(fingerprints) == [4, 8, 12, 16, 20, 24]
+    for k, (record, step) in enumerate(zip(records, expected_steps, strict=True)):
+        assert record.best_val_step == step
+        assert record.best_val_value == selected[k][step // 4 - 1]
+        assert record.best_val == {"accuracy": fingerprints[step][k], "loss": fingerprints[step][k]}
+        assert record.final == {"accuracy": fingerprints[24][k], "loss": fingerprints[24][k]}
+        assert record.best_val != record.final  # the weights moved after the best step
+    assert torch.allclose(fingerprint(), torch.tensor([fingerprints[24][k] for k in range(2)]))
+
+
+def test_best_validation_in_a_pack_equals_alone_and_survives_resume(tmp_path):
+    config = SMALL.model_copy(update={"dtype": "float64", "eval_every": 4})
+    packed = PackTrainer(config, TRIALS).run()
+    for k, trial in enumerate(TRIALS):
+        alone = PackTrainer(config, [trial]).run()[0]
+        assert packed[k].best_val_step == alone.best_val_step is not None
+        assert packed[k].best_val_value == pytest.approx(alone.best_val_value, abs=1e-9)
+        assert _close(alone.best_val, packed[k].best_val, 1e-9)
+    path = tmp_path / "pack.ckpt"
+    PackTrainer(config, TRIALS).run(checkpoint_path=path, max_steps=12)
+    resumed = PackTrainer.from_checkpoint(path).run(checkpoint_path=path)
+    for r, p in zip(resumed, packed, strict=True):
+        assert (r.best_val_step, r.best_val_value, r.best_val) == (
+            p.best_val_step,
+            p.best_val_value,
+            p.best_val,
+        )
+
+
+def test_a_diverged_trial_keeps_its_best_validation_model_from_before():
+    config = SMALL.model_copy(update={"dtype": "float64"})
+    trainer = PackTrainer(config, TRIALS[:2])
+
+    def blow_up(points):  # after the first evaluation (step 8), trial 1's weights turn to NaN
+        if trainer.step == 8:
+            with torch.no_grad():
+                trainer.model.head.bias[1].fill_(math.nan)
+
+    healthy, diverged = trainer.run(on_eval=blow_up)
+    assert diverged.status == "diverged" and diverged.diverged_at is not None and diverged.diverged_at == 9
+    assert diverged.final == {} and diverged.best_val_step == 8 and diverged.best_val
+    until_then = PackTrainer(config.model_copy(update={"steps": 8}), TRIALS[1:2]).run()[0]
+    assert _close(diverged.best_val, until_then.final, 1e-9)
+    assert healthy.status == "completed" and healthy.best_val and healthy.final
