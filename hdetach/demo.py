@@ -115,7 +115,7 @@ def run_demo(steps: int, workers: int, out_dir: Path, console: Console, seeds: i
         summary = api.get(f"/studies/{study['id']}/summary").json()
         _print_summary(summary, console)
         for line in what_it_shows(summary, spec):
-            console.print(line)
+            console.print(line, markup=False)  # "[95% CI ...]" is text, not a style
         report = run_dir / "report.html"
         html = api.get(f"/studies/{study['id']}/report").text
         for name in ("metric_vs_lr", "success_vs_lr", "learning_curves", "steps_to_threshold"):
