@@ -243,7 +243,8 @@ def _metric_vs_lr(study: _Study) -> Figure:
     if not all_values and not any_diverged:
         _note(ax, study.empty_note())
     _lr_axis(ax, study.lrs)
-    ax.set_ylabel(f"final test {study.metric}")
+    which = "at best validation" if study.spec.selection == "best_val" else "of the final model"
+    ax.set_ylabel(f"test {study.metric} {which}")
     what = f"test {study.metric} vs learning rate: seeds, mean and its 95% bootstrap interval"
     figure.suptitle(study.title(what), fontsize="medium")
     handles, _ = ax.get_legend_handles_labels()

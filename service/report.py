@@ -16,10 +16,15 @@ from studies.spec import StudySpec
 
 DASH = "–"  # an undefined value
 ERROR_PREVIEW = 80  # characters of a trial's error shown before "details"
+SELECTION_TEXT = {
+    "final": "final: each trial's metric is the final model's test value",
+    "best_val": "best validation: each trial's metric is the test value of its model with the best "
+    "validation value (the step is in the trials table)",
+}
 
 PLOT_CAPTIONS = {
-    "metric_vs_lr": "Final test metric per seed (dots), mean per learning rate with a 95% bootstrap band; "
-    "diverged runs as ×.",
+    "metric_vs_lr": "Test metric per seed (dots; of the model the study's selection names), mean per "
+    "learning rate with a 95% bootstrap band; diverged runs as ×.",
     "success_vs_lr": "Success rate per learning rate with its Wilson 95% interval; the dotted line is the "
     "robust level.",
     "learning_curves": "Validation metric during training, one panel per learning rate, one line per seed.",
@@ -147,6 +152,7 @@ def _header(study_id: int, name: str, status: str, spec: StudySpec, summary: Rob
         "Task": task,
         "Completeness": completeness + ("" if summary.complete else " (partial: numbers may change)"),
         "Success": f"test {summary.metric} {relation} {summary.threshold:g}",
+        "Model selection": SELECTION_TEXT[spec.selection],
         "Variants": ", ".join(f"{v.name} (p_detach {v.p_detach:g})" for v in spec.variants),
         "Baseline": summary.baseline,
         "Learning rates": lrs,
@@ -252,8 +258,8 @@ def _plot(name: str, plot_url: Callable[[str, str], str]) -> str:
 
 def _trials_table(rows: Sequence[TrialRow]) -> str:
     headers = [
-        "cell", "variant", "p_detach", "lr", "seed", "state", "attempts", "metric", "steps to threshold",
-        "diverged", "error",
+        "cell", "variant", "p_detach", "lr", "seed", "state", "attempts", "metric", "metric from",
+        "steps to threshold", "diverged", "error",
     ]  # fmt: skip
     return _table(
         headers,
@@ -266,6 +272,7 @@ def _trials_table(rows: Sequence[TrialRow]) -> str:
 def _trial_row(r: TrialRow) -> list[object]:
     return [
         r.cell, r.variant, _num(r.p_detach, "g"), _lr(r.lr), r.seed, r.state, r.attempts, _num(r.metric),
+        r.metric_from if r.state == "done" else DASH,
         DASH if r.steps_to_threshold is None else r.steps_to_threshold,
         "yes" if r.diverged else "", _error(r.error),
     ]  # fmt: skip

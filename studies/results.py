@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,8 +24,20 @@ class TrialRow(BaseModel):
     seed: int
     state: str = Field(description="queued, running, done, failed or cancelled")
     attempts: int
-    metric: float | None = Field(None, description="final test value of the study's success metric")
-    final: dict[str, float] = Field(default_factory=dict, description="final test metrics")
+    metric: float | None = Field(
+        None, description="test value of the study's success metric, of the model `selection` names"
+    )
+    selection: Literal["best_val", "final"] = Field(
+        "final", description="the model `metric` comes from (the spec's selection)"
+    )
+    metric_from: str = Field(
+        "final", description='what `metric` is: "final" or "test at best validation (step s)"'
+    )
+    final: dict[str, float] = Field(default_factory=dict, description="test metrics of the final model")
+    best_val: dict[str, float] = Field(
+        default_factory=dict, description="test metrics of the model with the best validation value"
+    )
+    best_val_step: int | None = Field(None, description="the step that model comes from")
     steps_to_threshold: int | None = None
     diverged: bool = False
     diverged_at: int | None = None
@@ -47,9 +59,23 @@ def _finite(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
-def trial_row(job: Job, metric: str) -> TrialRow:
+def metric_label(selection: str, best_val_step: int | None) -> str:
+    """What a row's metric is, in words."""
+    if selection == "final":
+        return "final"
+    if best_val_step is None:
+        return "test at best validation (none recorded)"
+    return f"test at best validation (step {best_val_step})"
+
+
+def trial_row(job: Job, metric: str, selection: Literal["best_val", "final"] = "final") -> TrialRow:
+    """A job's row; its `metric` is the final model's test value or, with selection "best_val", the
+    test value of the model with the best validation value (none if no evaluation chose one)."""
     result = job_result(job)
     final = _finite(result.get("final", {}))
+    best_val = _finite(result.get("best_val", {}))
+    best_val_step = result.get("best_val_step")
+    chosen = final if selection == "final" else best_val
     return TrialRow(
         cell=job.cell_index,
         variant=job.variant,
@@ -58,8 +84,12 @@ def trial_row(job: Job, metric: str) -> TrialRow:
         seed=job.seed,
         state=job.state,
         attempts=job.attempts,
-        metric=final.get(metric),
+        metric=chosen.get(metric),
+        selection=selection,
+        metric_from=metric_label(selection, best_val_step),
         final=final,
+        best_val=best_val,
+        best_val_step=best_val_step,
         steps_to_threshold=result.get("steps_to_threshold"),
         diverged=result.get("status") == "diverged",
         diverged_at=result.get("diverged_at"),

@@ -150,6 +150,11 @@ class StudySpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     success: SuccessSpec = SuccessSpec()
     training: TrainingOptions = TrainingOptions()
+    selection: Literal["best_val", "final"] = Field(
+        "final",
+        description="which model's test metrics the summary uses: the final model, or the one with the "
+        "best validation value of the success metric (the authors' model selection)",
+    )
     priority: JSONInt = Field(0, ge=-1000, le=1000, description="higher runs first")
     engine: Literal["queue", "ray"] = "queue"
     baseline: StorableText | None = Field(

@@ -148,14 +148,20 @@ def report_values(storage: RDBStorage, values: Iterable[tuple[int, int, float]])
             storage.set_trial_intermediate_value(trial_id, step, value)
 
 
-_OUTCOME_KEYS = ("status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "device")
+_OUTCOME_KEYS = (
+    "status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "best_val",
+    "best_val_step", "device",
+)  # fmt: skip
 
 
-def result_closing(trial_id: int, metric: str, result: Mapping[str, Any]) -> optuna_rows.Closing:
-    """How the trial that recorded a cell's result ends: COMPLETE with the final metric, or FAIL
-    (diverged, or no finite final value), with the outcome as user attrs."""
+def result_closing(
+    trial_id: int, metric: str, result: Mapping[str, Any], selection: str = "final"
+) -> optuna_rows.Closing:
+    """How the trial that recorded a cell's result ends: COMPLETE with the metric of the model the
+    spec's selection names (the final one, or the best-validation one: "best_val"), or FAIL
+    (diverged, or no finite value), with the outcome as user attrs."""
     attrs = {key: result[key] for key in _OUTCOME_KEYS if key in result} | {"recorded": True}
-    value = result.get("final", {}).get(metric)
+    value = (result.get("best_val" if selection == "best_val" else "final") or {}).get(metric)
     if result.get("status") == "diverged" or value is None or not math.isfinite(value):
         attrs["outcome"] = "diverged" if result.get("status") == "diverged" else "no value"
         return optuna_rows.Closing(trial_id, TrialState.FAIL, None, attrs)

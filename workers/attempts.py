@@ -100,8 +100,9 @@ def sweep_optuna_trials(factory: sessionmaker[Session], storage: RDBStorage) -> 
             continue  # live (or opened before trials carried their lease: left to the reaper)
         if job.state == JobState.DONE and job.optuna_trial_id == trial_id and job.result_json:
             # the metric only, unvalidated: a study stored before a stricter spec must not stop the sweep
-            metric = json.loads(job.spec_json)["success"]["metric"]
-            closings.append(result_closing(trial_id, metric, json.loads(job.result_json)))
+            spec = json.loads(job.spec_json)
+            metric, selection = spec["success"]["metric"], spec.get("selection", "final")
+            closings.append(result_closing(trial_id, metric, json.loads(job.result_json), selection))
         else:
             closings.append(abandon_closing(trial_id, f"its worker died (job now {job.state})"))
     return sum(close_trials(storage, closings))
@@ -330,7 +331,7 @@ class PackAttempt:
             if trial_id is None:
                 continue
             if job.job_id in recorded:
-                closings.append(result_closing(trial_id, metric, results[job.job_id]))
+                closings.append(result_closing(trial_id, metric, results[job.job_id], self.spec.selection))
             else:
                 closings.append(abandon_closing(trial_id, outcomes.get(job.job_id, "late report rejected")))
         close_trials(self.storage, closings)

@@ -24,7 +24,7 @@ def _data(
     backend: BackendDep, study: Study, spec: StudySpec
 ) -> tuple[list[TrialRow], dict[int, list[CurvePoint]]]:
     jobs = queue.list_jobs(backend.factory, study.id)
-    rows = [trial_row(job, spec.success.metric) for job in jobs]
+    rows = [trial_row(job, spec.success.metric, spec.selection) for job in jobs]
     return rows, {job.cell_index: curve_points(job_result(job)) for job in jobs}
 
 

@@ -172,7 +172,10 @@ def delete_study(backend: BackendDep, study_id: StudyId) -> Response:
 def list_trials(backend: BackendDep, study_id: StudyId) -> list[TrialRow]:
     """One row per grid cell, in cell order."""
     _, spec = load(backend, study_id)
-    return [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study_id)]
+    return [
+        trial_row(job, spec.success.metric, spec.selection)
+        for job in queue.list_jobs(backend.factory, study_id)
+    ]
 
 
 @router.get(
@@ -220,7 +223,10 @@ def summary_entry(
     """The study's summary (as JSON, the model in `value`), from the cache if the study is finished."""
 
     def render() -> Entry:
-        rows = [trial_row(job, spec.success.metric) for job in queue.list_jobs(backend.factory, study.id)]
+        rows = [
+            trial_row(job, spec.success.metric, spec.selection)
+            for job in queue.list_jobs(backend.factory, study.id)
+        ]
         result = study_summary(spec, rows, robust_level=robust_level, n_boot=n_boot, seed=seed)
         return Entry.of(result.model_dump_json().encode(), "application/json", result)
 

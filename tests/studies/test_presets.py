@@ -66,3 +66,8 @@ def test_paper_presets_switch_h_detach_off_for_the_authors_final_epochs(name):
     assert spec.training.p_off_fraction == pytest.approx(39 / epochs)
     config = spec.training_config()
     assert config.steps - config.p_off_step == round(39 / epochs * spec.budget.steps) > 0
+
+
+def test_paper_presets_report_the_test_score_at_best_validation():
+    specs = validated_presets()
+    assert all(specs[name].selection == "best_val" for name in PAPER_PRESETS)
