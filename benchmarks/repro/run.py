@@ -35,6 +35,9 @@ from claims import CLAIMS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+# The workers run `python -m hdetach` in REPO, so they train with this checkout's code; the results
+# are read with it too, whichever checkout the environment has installed.
+sys.path.insert(0, str(REPO))
 SPECS = HERE / "specs"
 RESULTS = HERE / "results"
 # what decides a trial's numbers: a run with local changes here is marked dirty in its entry
@@ -117,11 +120,13 @@ def _run_workers(
         for i in range(n):
             log = stack.enter_context((logs / f"worker-{i}.log").open("ab"))
             procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-        started = time.monotonic()
+        started = last = time.monotonic()
         try:
             while any(proc.poll() is None for proc in procs):
-                time.sleep(PROGRESS_SECONDS)
-                print(f"  {time.monotonic() - started:5.0f} s: {progress()}", flush=True)
+                time.sleep(1.0)  # the study's wall time is measured to about this
+                if time.monotonic() - last >= PROGRESS_SECONDS:
+                    last = time.monotonic()
+                    print(f"  {last - started:5.0f} s: {progress()}", flush=True)
         finally:  # Ctrl-C: SIGTERM lets a worker give its jobs back before it exits
             for proc in procs:
                 if proc.poll() is None:
