@@ -58,7 +58,12 @@ def train(
     p_off_fraction: Annotated[float, typer.Option(help="switch p_detach off for this last fraction")] = 0.0,
     stop_on_success: Annotated[bool, typer.Option(help="end a trial once it meets the threshold")] = False,
     transfer_T: Annotated[list[int], typer.Option("--transfer-T", help="copying: also test at this T")] = [],  # noqa: B006
-    mnist_root: Annotated[Path | None, typer.Option(help="directory of MNIST IDX files")] = None,
+    mnist_root: Annotated[
+        Path | None, typer.Option(help="directory of MNIST IDX files; without one, the 5,000-digit subset")
+    ] = None,
+    train_size: Annotated[
+        int | None, typer.Option(help="copying: a fixed training set of this many sequences")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -71,15 +76,21 @@ def train(
     if task not in DEFAULT_P:
         fail(f"unknown task {task!r}; choose one of {', '.join(DEFAULT_P)}")
     try:
+        if task in ("copying", "adding"):
+            task_config = TaskConfig(name=task, T=T, train_size=train_size, transfer_T=list(transfer_T))
+        elif T is not None or train_size is not None or transfer_T:
+            fail(f"--T, --train-size and --transfer-T apply to copying and adding, not to {task}")
+        else:  # a local run: the subset is allowed, and the output names the data it used
+            root = str(mnist_root) if mnist_root else None
+            task_config = TaskConfig(name=task, mnist_root=root, allow_subset=root is None)
         config = TrainingConfig(
-            task=TaskConfig(name=task, T=T, mnist_root=str(mnist_root) if mnist_root else None),
+            task=task_config,
             hidden_size=hidden_size,
             steps=steps,
             batch_size=batch_size,
             eval_every=eval_every,
             p_off_fraction=p_off_fraction,
             stop_on_success=stop_on_success,
-            transfer_T=tuple(transfer_T),
         )
         p = DEFAULT_P[task] if p_detach is None else p_detach
         trials = [

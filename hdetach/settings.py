@@ -42,9 +42,17 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)  # `hdetach serve` port
     ray_address: str | None = None  # Ray cluster for `hdetach ray-run`; unset: RAY_ADDRESS, else a local Ray
     ray_storage_path: str | None = None  # where Ray Tune keeps its experiment state (unset: ~/ray_results)
+    # the directory MNIST specs may read (mnist_root within it); holding the IDX files, the default
+    # for MNIST studies. Workers must see it at the same path. Unset: MNIST only with allow_subset
+    mnist_dir: str | None = None
 
     @field_validator(
-        "ray_address", "ray_storage_path", "database_password_file", "api_tokens_file", mode="before"
+        "ray_address",
+        "ray_storage_path",
+        "database_password_file",
+        "api_tokens_file",
+        "mnist_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
@@ -102,6 +110,7 @@ class Settings(BaseSettings):
             max_T=self.max_T,
             max_steps=self.max_steps,
             max_hidden_size=self.max_hidden_size,
+            mnist_dir=self.mnist_dir,
         )
 
 

@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
+from studies.tasks.mnist_data import IDX_FILE_NAMES, find_idx_files
 from studies.training.config import TaskConfig, TrainingConfig, TrialParams
 
 
 class SpecLimits(BaseModel):
-    """Upper bounds a deployment puts on submitted studies."""
+    """What a deployment accepts: upper bounds on submitted studies, and where MNIST may be read.
+
+    `mnist_dir` is the one directory (with everything below it) a spec's `task.mnist_root` may
+    name; an MNIST spec without `mnist_root` trains on it when it holds the IDX files. Without it,
+    or without the files, an MNIST study needs `"allow_subset": true` (see `mnist_source`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,6 +40,7 @@ class SpecLimits(BaseModel):
     max_T: int = 2_000
     max_steps: int = 1_000_000
     max_hidden_size: int = 2_048
+    mnist_dir: str | None = None
 
 
 DEFAULT_LIMITS = SpecLimits()
@@ -165,8 +173,13 @@ class StudySpec(_Strict):
     @classmethod
     def _task_within_limits(cls, task: TaskConfig, info: ValidationInfo) -> TaskConfig:
         limits = _limits(info)
-        if limits is not None and task.T is not None and (limit := limits.max_T) < task.T:
-            raise ValueError(f"T {task.T} exceeds this deployment's limit of {limit}")
+        if limits is None:
+            return task
+        for name, T in [("T", task.T), *(("transfer_T", t) for t in task.transfer_T)]:
+            if T is not None and (limit := limits.max_T) < T:
+                raise ValueError(f"{name} {T} exceeds this deployment's limit of {limit}")
+        if task.is_mnist:
+            return task.model_copy(update={"mnist_root": mnist_source(task, limits.mnist_dir)})
         return task
 
     @field_validator("learning_rates")
@@ -247,6 +260,43 @@ class StudySpec(_Strict):
     @property
     def baseline_variant(self) -> str:
         return self.baseline or self.variants[0].name
+
+
+def mnist_source(task: TaskConfig, mnist_dir: str | None) -> str | None:
+    """The MNIST directory an MNIST study trains on (None: the 5,000-digit subset), or ValueError.
+
+    A `task.mnist_root` must lie within the deployment's `mnist_dir` (a relative one is taken
+    relative to it) and hold the IDX files; without one, `mnist_dir` is used when it holds them.
+    Only where neither gives full MNIST may a study train on the subset, and only when it says
+    `allow_subset`, so that no full-MNIST figure is silently computed on 5,000 digits."""
+    files = ", ".join(IDX_FILE_NAMES.values())
+    if task.mnist_root is not None:
+        if mnist_dir is None:
+            raise ValueError(
+                "mnist_root: this server allows no MNIST directory (HDETACH_MNIST_DIR is not set); "
+                'leave mnist_root out and set "allow_subset": true, or ask for HDETACH_MNIST_DIR'
+            )
+        root = os.path.normpath(os.path.join(os.path.abspath(mnist_dir), task.mnist_root))
+        allowed = os.path.realpath(mnist_dir)
+        if os.path.commonpath([os.path.realpath(root), allowed]) != allowed:
+            raise ValueError(f"mnist_root {task.mnist_root!r} is outside HDETACH_MNIST_DIR ({mnist_dir})")
+        if find_idx_files(Path(root)) is None:
+            raise ValueError(f"mnist_root {task.mnist_root!r} holds no MNIST IDX files ({files})")
+        return root
+    if mnist_dir is not None and find_idx_files(Path(mnist_dir)) is not None:
+        return os.path.abspath(mnist_dir)
+    if task.allow_subset:
+        return None
+    where = (
+        "HDETACH_MNIST_DIR is not set"
+        if mnist_dir is None
+        else f"HDETACH_MNIST_DIR ({mnist_dir}) holds no IDX files"
+    )
+    raise ValueError(
+        f"mnist_root: full MNIST is needed and there is none ({where}); put the IDX files ({files}) in "
+        'HDETACH_MNIST_DIR, or set "allow_subset": true to train on the 5,000-digit subset (its results '
+        "say so and are not comparable with the paper's)"
+    )
 
 
 class GridCell(_Strict):

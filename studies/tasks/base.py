@@ -68,6 +68,12 @@ class Task(ABC):
         count = sums["count"]
         return {key: value / count for key, value in sums.items() if key != "count"}
 
+    def for_trial(self, task_seed: int) -> Task:
+        """The task as the trial with this derived seed sees it: the same task for most tasks; permuted
+        MNIST with a per-seed permutation gives each trial its own pixel order. The trainer packs
+        trials whose views differ by stacking each view's inputs (same targets, same order)."""
+        return self
+
     def is_success(self, value: float) -> bool:
         """Whether a value of `success_metric` meets the success threshold."""
         if self.higher_is_better:

@@ -20,19 +20,26 @@ def _mnist_task(
     allow_download: bool = False,
     allow_subset: bool = True,
     permutation_seed: int = 0,
+    permutation: str = "fixed",
     mnist_data: MNISTData | None = None,
 ) -> SequentialMNISTTask:
     """Load MNIST (unless `mnist_data` is given, to share one copy between tasks) and wrap it."""
     if mnist_data is None:
         mnist_data = load_mnist(mnist_root, allow_download=allow_download, allow_subset=allow_subset)
-    return SequentialMNISTTask(mnist_data, permuted=permuted, permutation_seed=permutation_seed)
+    return SequentialMNISTTask(
+        mnist_data,
+        permuted=permuted,
+        permutation_seed=permutation_seed,
+        permutation=permutation,  # type: ignore[arg-type]
+    )
 
 
 def make_task(name: str, **options: Any) -> Task:
     """The task called `name`, built with `options` (the constructor's keyword arguments).
 
     copying: CopyingTask(T, ...); adding: AddingTask(T, ...); pixel_mnist / permuted_mnist:
-    mnist_root, allow_download, allow_subset, permutation_seed, mnist_data (an already loaded MNISTData).
+    mnist_root, allow_download, allow_subset, permutation_seed, permutation, mnist_data (an already
+    loaded MNISTData).
     """
     if name == "copying":
         return CopyingTask(**options)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 
@@ -28,8 +30,10 @@ def fixed_permutation(seed: int) -> Tensor:
 class SequentialMNISTTask(Task):
     """MNIST digits as 784-step sequences of one pixel in [0, 1], classified at the last step.
 
-    Permuted MNIST reorders the pixels of every image by one fixed permutation (from
-    `permutation_seed`): step j shows pixel `permutation[j]` of the row-major image.
+    Permuted MNIST reorders the pixels of every image by a permutation: step j shows pixel
+    `permutation[j]` of the row-major image. With `permutation="fixed"` every trial sees the one
+    from `permutation_seed`; with "per_seed" (the authors' code draws it from the run's seed) each
+    trial sees its own, from its task seed (`for_trial`); this object's own is then unused.
 
     Training minibatches are drawn uniformly with replacement from the training split using the
     trial's generator (the authors' code shuffles epoch-wise; the distribution per batch is the
@@ -46,13 +50,34 @@ class SequentialMNISTTask(Task):
     success_threshold = 0.9
     higher_is_better = True
 
-    def __init__(self, data: MNISTData, permuted: bool = False, permutation_seed: int = 0):
+    def __init__(
+        self,
+        data: MNISTData,
+        permuted: bool = False,
+        permutation_seed: int = 0,
+        permutation: Literal["fixed", "per_seed"] = "fixed",
+    ):
+        if permutation not in ("fixed", "per_seed"):
+            raise ValueError(f"permutation must be 'fixed' or 'per_seed', got {permutation!r}")
         self.data = data
         self.permuted = permuted
+        self.per_seed = permuted and permutation == "per_seed"
         self.name = "permuted_mnist" if permuted else "pixel_mnist"
         self.permutation: Tensor | None = fixed_permutation(permutation_seed) if permuted else None
-        kind = f"permuted MNIST (permutation_seed {permutation_seed})" if permuted else "pixel MNIST"
+        if not permuted:
+            kind = "pixel MNIST"
+        elif self.per_seed:
+            kind = "permuted MNIST (each trial's own permutation, from its seed)"
+        else:
+            kind = f"permuted MNIST (one permutation, permutation_seed {permutation_seed})"
         self.description = f"{kind}, 784 steps of one pixel; data: {data.source}"
+
+    def for_trial(self, task_seed: int) -> SequentialMNISTTask:
+        if not self.per_seed:
+            return self
+        view = copy.copy(self)  # shares the images
+        view.permutation = fixed_permutation(task_seed)
+        return view
 
     def sequences(self, images: Tensor) -> Tensor:
         """uint8 images (B, 784) as float32 pixel sequences in [0, 1], shape (784, B, 1)."""

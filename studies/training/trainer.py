@@ -47,7 +47,9 @@ class TrialRecord:
     best_val: dict[str, float] = field(default_factory=dict)  # test metrics of the best-validation model
     best_val_step: int | None = None  # the evaluation step that model comes from
     best_val_value: float | None = None  # its validation value of the success metric
-    transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # copying at other T
+    transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # final model, copying at other T
+    best_val_transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # the same, best-val model
+    data: str = ""  # the task and the data it trained and was tested on, in words
     diverged_at: int | None = None
     steps_to_threshold: int | None = None
     steps_run: int = 0
@@ -57,6 +59,11 @@ class TrialRecord:
         out = asdict(self)
         out["params"] = self.params.model_dump()
         return out
+
+
+def _per_model(metrics: dict[str, dict[str, Tensor]], k: int) -> dict[str, dict[str, float]]:
+    """Model k's values of {key: {metric: (K,) tensor}}."""
+    return {key: {name: float(v[k]) for name, v in values.items()} for key, values in metrics.items()}
 
 
 class PackTrainer:
@@ -100,7 +107,9 @@ class PackTrainer:
         self.success_threshold = (
             self.task.success_threshold if config.success_threshold is None else config.success_threshold
         )
-        self.records = [TrialRecord(t) for t in self.trials]
+        # each trial's view of the task (its own pixel permutation, for per-seed permuted MNIST)
+        self.trial_tasks = [self.task.for_trial(derived_seed(t.seed, "task")) for t in self.trials]
+        self.records = [TrialRecord(t, data=self.task.description) for t in self.trials]
         # per trial: its parameters (name -> its slice) at its best validation so far, or None
         self._best: list[dict[str, Tensor] | None] = [None] * K
         self.active = [True] * K
@@ -150,7 +159,7 @@ class PackTrainer:
         p_on = cfg.detach_on(self.step)
         for k in range(K):
             if self.active[k]:
-                x, y = task.train_batch(cfg.batch_size, self.data_gens[k])
+                x, y = self.trial_tasks[k].train_batch(cfg.batch_size, self.data_gens[k])
                 u = torch.rand(task.seq_len, generator=self.mask_gens[k])
                 blocked = u < self.p_detach[k] if p_on else torch.zeros(task.seq_len, dtype=torch.bool)
             else:  # a finished trial keeps its slot but draws nothing from its generators
@@ -218,13 +227,29 @@ class PackTrainer:
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str, task: Task | None = None) -> dict[str, Tensor]:
-        """Metrics of every model of the pack on a fixed evaluation set, each a (K,) tensor."""
-        task = task or self.task
+        """Metrics of every model of the pack on a fixed evaluation set, each a (K,) tensor.
+
+        `task` (another delay, for transfer copying) is seen alike by every trial; the pack's own task
+        is seen through each trial's view, so per-seed views get their own inputs."""
         K = len(self.trials)
+        views = [task] * K if task is not None else self.trial_tasks
+        task = views[0]
         self.model.eval()
         sums: dict[str, Tensor] = {}
-        for x, y in task.eval_batches(split, self.config.eval_batch_size):
-            xk = x.to(self.device, self.dtype).unsqueeze(1).expand(-1, K, -1, -1)  # (T, K, B, I)
+        if all(view is task for view in views):
+            batches = (
+                (x.to(self.device, self.dtype).unsqueeze(1).expand(-1, K, -1, -1), y)  # (T, K, B, I)
+                for x, y in task.eval_batches(split, self.config.eval_batch_size)
+            )
+        else:  # same targets in the same order; the inputs differ per view
+            per_view = zip(
+                *(view.eval_batches(split, self.config.eval_batch_size) for view in views), strict=True
+            )
+            batches = (
+                (torch.stack([x for x, _ in group], dim=1).to(self.device, self.dtype), group[0][1])
+                for group in per_view
+            )
+        for xk, y in batches:
             batch = task.metrics(self.model(xk), y)
             for key, value in batch.items():
                 sums[key] = sums[key] + value if key in sums else value
@@ -293,16 +318,11 @@ class PackTrainer:
         """Test every trial that did not diverge, and mark the rest of the pack completed."""
         alive = [k for k, r in enumerate(self.records) if r.status not in ("diverged", "cancelled")]
         if alive:
-            tests = {"": self.evaluate("test")}
-            for T in self.config.transfer_T:
-                options = {**self.config.task.options(), "T": T}
-                tests[str(T)] = self.evaluate("test", make_task(self.config.task.name, **options))
+            final, transfer = self._test_all()
             for k in alive:
                 record = self.records[k]
-                record.final = {name: float(v[k]) for name, v in tests[""].items()}
-                record.transfer = {
-                    T: {name: float(v[k]) for name, v in metrics.items()} for T, metrics in tests.items() if T
-                }
+                record.final = {name: float(v[k]) for name, v in final.items()}
+                record.transfer = _per_model(transfer, k)
                 if record.status == "running":
                     record.status = "completed"
         # the best-validation models, diverged ones included if they were ever evaluated
@@ -312,11 +332,21 @@ class PackTrainer:
         if kept:
             self._swap_best(kept)
             try:
-                metrics = self.evaluate("test")
+                best, transfer = self._test_all()
             finally:
                 self._swap_best(kept)
             for k in kept:
-                self.records[k].best_val = {name: float(v[k]) for name, v in metrics.items()}
+                self.records[k].best_val = {name: float(v[k]) for name, v in best.items()}
+                self.records[k].best_val_transfer = _per_model(transfer, k)
+
+    def _test_all(self) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """The pack's current models on the test set, and on the test set of every transfer delay."""
+        transfer = {}
+        for T in self.config.task.transfer_T:
+            options = {**self.config.task.options(), "T": T}
+            options.pop("train_size", None)  # only the test set is used
+            transfer[str(T)] = self.evaluate("test", make_task(self.config.task.name, **options))
+        return self.evaluate("test"), transfer
 
     def _add_wall_time(self, seconds: float) -> None:
         for k, record in enumerate(self.records):

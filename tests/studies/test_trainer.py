@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from studies.tasks import make_task
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
 from studies.training.config import (
     PAPER_ANNEAL_EPOCHS,
@@ -103,11 +104,36 @@ def test_p_off_for_the_whole_run_equals_vanilla():
     assert with_p.curve != vanilla.curve
 
 
-def test_transfer_copying_tests_the_final_model_at_other_delays():
-    config = SMALL.model_copy(update={"transfer_T": (8, 12)})
-    record = PackTrainer(config, TRIALS[:1]).run()[0]
-    assert set(record.transfer) == {"8", "12"}
-    assert all(0.0 <= m["accuracy"] <= 1.0 for m in record.transfer.values())
+def test_transfer_copying_tests_the_final_and_the_best_validation_models_at_other_delays():
+    # transfer_T includes the training delay itself: those values must be the plain test results
+    task = SMALL.task.model_copy(update={"transfer_T": [4, 8, 12]})
+    config = SMALL.model_copy(update={"task": task, "dtype": "float64"})
+    trainer = PackTrainer(config, TRIALS[:2])
+    records = trainer.run()
+    for k, record in enumerate(records):
+        assert set(record.transfer) == set(record.best_val_transfer) == {"4", "8", "12"}
+        assert record.transfer["4"] == record.final
+        assert record.best_val_transfer["4"] == record.best_val
+        # the final weights are in place after run(): T=8 evaluated directly gives the same value
+        direct = trainer.evaluate("test", make_task("copying", T=8, n_val=200, n_test=400))
+        assert record.transfer["8"]["accuracy"] == pytest.approx(float(direct["accuracy"][k]), abs=1e-12)
+        assert "copying, T=4" in record.data
+
+
+def test_transfer_T_and_train_size_belong_to_copying_only():
+    with pytest.raises(ValueError, match="transfer_T applies to copying"):
+        TaskConfig(name="adding", T=10, transfer_T=[20])
+    with pytest.raises(ValueError, match="train_size applies to copying"):
+        TaskConfig(name="pixel_mnist", train_size=10)
+    with pytest.raises(ValueError, match="distinct"):
+        TaskConfig(name="copying", T=10, transfer_T=[20, 20])
+
+
+def test_a_fixed_training_set_draws_every_batch_from_it():
+    config = SMALL.model_copy(update={"task": SMALL.task.model_copy(update={"train_size": 3})})
+    trainer = PackTrainer(config, TRIALS[:1])
+    x, _ = trainer.trial_tasks[0].train_batch(64, torch.Generator().manual_seed(0))  # (T+20, 64, 1)
+    assert len({tuple(x[:10, b, 0].tolist()) for b in range(64)}) <= 3
 
 
 @pytest.mark.parametrize(
