@@ -7,9 +7,11 @@ Cells are built as text and escaped by `_table`; only `_Html` values pass throug
 from __future__ import annotations
 
 import html
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 from service.plots import PLOT_NAMES
+from studies.paper import PaperFigure, paper_figures
 from studies.results import TrialRow
 from studies.robustness import Comparison, LRStats, RobustnessSummary, VariantSummary
 from studies.spec import StudySpec
@@ -69,6 +71,8 @@ def render_report(
         *(_lr_table(variant) for variant in summary.variants),
         "<h2>Comparison with the baseline</h2>",
         _comparison_table(summary),
+        *_transfer_section(summary),
+        *_paper_section(spec, rows, summary),
         "<h2>Plots</h2>",
         *(_plot(name, plot_url) for name in PLOT_NAMES),
         "<h2>Trials</h2>",
@@ -138,7 +142,7 @@ def _align(column: int, text_columns: int) -> str:
 
 
 def _header(study_id: int, name: str, status: str, spec: StudySpec, summary: RobustnessSummary) -> str:
-    task = spec.task.name if spec.task.T is None else f"{spec.task.name}, T={spec.task.T}"
+    task = spec.task.name if spec.task.length is None else f"{spec.task.name}, T={spec.task.length}"
     relation = "≥" if summary.higher_is_better else "≤"
     completeness = (
         f"{summary.done} of {summary.cells_total} cells done, {summary.failed} failed, "
@@ -159,6 +163,7 @@ def _header(study_id: int, name: str, status: str, spec: StudySpec, summary: Rob
         "Seeds": ", ".join(str(s) for s in spec.seeds),
         "Budget": f"{spec.budget.steps} steps, batch {spec.budget.batch_size}, "
         f"hidden size {spec.model.hidden_size}",
+        "Data": "; ".join(summary.data) or "not reported yet (no trial finished)",
     }
     items = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts.items())
     note = (
@@ -245,6 +250,80 @@ def _comparison_row(c: Comparison) -> list[object]:
         _num(c.wilcoxon_p, ".2g") + (" (normal approx.)" if c.wilcoxon_method == "normal" else ""),
         DASH if c.success_rate_difference is None else f"{100 * c.success_rate_difference:+.0f} pp",
     ]  # fmt: skip
+
+
+def _transfer_section(summary: RobustnessSummary) -> list[str]:
+    if not summary.transfer:
+        return []
+    headers = ["variant", "lr", "tested at T", "runs", "mean", "median", "min", "max"]
+    rows = (
+        [t.variant, _lr(t.lr), t.T, t.runs, _num(t.mean, ".3g"), _num(t.median, ".3g"), _num(t.min, ".3g"),
+         _num(t.max, ".3g")]
+        for t in summary.transfer
+    )  # fmt: skip
+    note = (
+        "Accuracy of each trial's model (the one its metric comes from) on copying test sets at other "
+        "delays; diverged runs are left out."
+    )
+    return ["<h2>Transfer copying</h2>", _table(headers, rows), f"<p class=note>{_e(note)}</p>"]
+
+
+def _paper_section(spec: StudySpec, rows: Sequence[TrialRow], summary: RobustnessSummary) -> list[str]:
+    figures = paper_figures(spec.task)
+    if not figures:
+        return []
+    headers = ["variant", "reported", "how chosen", "source", "their budget", "this study", "this budget"]
+    table = _table(headers, (_paper_row(f, spec, rows, summary) for f in figures), text_columns=6)
+    notes = [
+        "The paper's figures come from far longer training than most studies give a trial; a budget "
+        "below theirs is stated beside each. 'Best' here is the best seed by its test value, not by "
+        "validation as the authors chose."
+    ]
+    if any("NOT full MNIST" in data for data in summary.data):
+        notes.append("This study ran on the 5,000-digit MNIST subset: its numbers are not comparable.")
+    return [
+        "<h2>The paper's figures beside this study</h2>",
+        table,
+        *(f"<p class=note>{_e(n)}</p>" for n in notes),
+    ]
+
+
+def _paper_row(
+    figure: PaperFigure, spec: StudySpec, rows: Sequence[TrialRow], summary: RobustnessSummary
+) -> list[object]:
+    variants = [v.name for v in spec.variants] if figure.variant == "both" else [figure.variant]
+    ours = "; ".join(_ours(name, figure.lr, spec, rows, summary) for name in variants)
+    fraction = spec.budget.steps / figure.steps
+    budget = (
+        f"{spec.budget.steps:,} steps of batch {spec.budget.batch_size} ({100 * fraction:.3g}% of theirs)"
+    )
+    theirs = f"{figure.steps:,} steps of batch {figure.batch_size}, lr {figure.lr:g}"
+    return [figure.variant, figure.reported, figure.selection, figure.source, theirs, ours, budget]
+
+
+def _ours(
+    variant: str, paper_lr: float, spec: StudySpec, rows: Sequence[TrialRow], summary: RobustnessSummary
+) -> str:
+    """The variant's test accuracy at the paper's learning rate (or at its best one) over seeds."""
+    stats = next((v for v in summary.variants if v.name == variant), None)
+    lr = paper_lr if paper_lr in spec.lr_values() else (stats.best_lr if stats else None)
+    if lr is None:
+        return f"{variant}: no result yet"
+    chosen = [r for r in rows if r.variant == variant and r.lr == lr and r.state == "done" and not r.diverged]
+    values = sorted(
+        v
+        for r in chosen
+        if (v := (r.best_val if spec.selection == "best_val" else r.final).get("accuracy")) is not None
+    )
+    where = f"lr {_lr(lr)}" + ("" if lr == paper_lr else " (its best; the paper's is not in the grid)")
+    if not values:
+        return f"{variant} at {where}: no finished run"
+    median = statistics.median(values)
+    return f"{variant} at {where}: best {_pct1(values[-1])}, median {_pct1(median)} of {len(values)} seeds"
+
+
+def _pct1(value: float) -> str:
+    return f"{100 * value:.1f}%"
 
 
 def _plot(name: str, plot_url: Callable[[str, str], str]) -> str:

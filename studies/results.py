@@ -38,6 +38,14 @@ class TrialRow(BaseModel):
         default_factory=dict, description="test metrics of the model with the best validation value"
     )
     best_val_step: int | None = Field(None, description="the step that model comes from")
+    transfer: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="copying with transfer_T: test metrics at each other delay (key) of the model `metric` "
+        "comes from",
+    )
+    data: str | None = Field(
+        None, description="the task and the data the trial ran on, as its worker reported"
+    )
     steps_to_threshold: int | None = None
     diverged: bool = False
     diverged_at: int | None = None
@@ -68,6 +76,10 @@ def metric_label(selection: str, best_val_step: int | None) -> str:
     return f"test at best validation (step {best_val_step})"
 
 
+def _finite_nested(values: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {key: _finite(inner) for key, inner in values.items() if isinstance(inner, dict)}
+
+
 def trial_row(job: Job, metric: str, selection: Literal["best_val", "final"] = "final") -> TrialRow:
     """A job's row; its `metric` is the final model's test value or, with selection "best_val", the
     test value of the model with the best validation value (none if no evaluation chose one)."""
@@ -76,6 +88,7 @@ def trial_row(job: Job, metric: str, selection: Literal["best_val", "final"] = "
     best_val = _finite(result.get("best_val", {}))
     best_val_step = result.get("best_val_step")
     chosen = final if selection == "final" else best_val
+    transfer = result.get("transfer" if selection == "final" else "best_val_transfer", {})
     return TrialRow(
         cell=job.cell_index,
         variant=job.variant,
@@ -90,6 +103,8 @@ def trial_row(job: Job, metric: str, selection: Literal["best_val", "final"] = "
         final=final,
         best_val=best_val,
         best_val_step=best_val_step,
+        transfer=_finite_nested(transfer),
+        data=result.get("data") or None,
         steps_to_threshold=result.get("steps_to_threshold"),
         diverged=result.get("status") == "diverged",
         diverged_at=result.get("diverged_at"),
@@ -121,6 +136,8 @@ def study_summary(
             metric=r.metric,
             diverged=r.diverged,
             steps_to_threshold=r.steps_to_threshold,
+            transfer={T: m["accuracy"] for T, m in r.transfer.items() if "accuracy" in m},
+            data=r.data,
         )
         for r in rows
     ]

@@ -150,7 +150,7 @@ def report_values(storage: RDBStorage, values: Iterable[tuple[int, int, float]])
 
 _OUTCOME_KEYS = (
     "status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "best_val",
-    "best_val_step", "device",
+    "best_val_step", "transfer", "best_val_transfer", "data", "device",
 )  # fmt: skip
 
 

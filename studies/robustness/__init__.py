@@ -19,6 +19,7 @@ from studies.robustness._schema import (
     RobustnessSummary,
     SeedSpread,
     SeedValue,
+    TransferStats,
     VariantSummary,
 )
 from studies.robustness._summary import summarize
@@ -30,6 +31,7 @@ __all__ = [
     "RobustnessSummary",
     "SeedSpread",
     "SeedValue",
+    "TransferStats",
     "TrialOutcome",
     "TrialState",
     "VariantSummary",

@@ -44,6 +44,11 @@ class TrialOutcome(BaseModel):
     steps_to_threshold: int | None = Field(
         None, ge=0, description="optimizer steps until the metric first reached the threshold"
     )
+    transfer: dict[str, float] = Field(
+        default_factory=dict,
+        description="copying: accuracy of the same model tested at other delays, keyed by the delay",
+    )
+    data: str | None = Field(None, description="the task and data the trial ran on, in words")
 
 
 @dataclass(frozen=True)

