@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -258,6 +259,7 @@ def submit(
 @app.command()
 def presets(as_json: Annotated[bool, typer.Option("--json", help="print the specs as JSON")] = False) -> None:
     """The paper's experiments as ready specs (each also in a -small size for CPUs)."""
+    from studies.paper import paper_figures
     from studies.presets import PRESETS, validated_presets
 
     if as_json:
@@ -266,6 +268,7 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="print the spec
     table = Table(title="presets")
     for column in ("name", "task", "variants", "learning rates", "seeds", "steps", "trials"):
         table.add_column(column)
+    reported: list[str] = []
     for name, spec in validated_presets().items():
         task = spec.task.name + (f" T={spec.task.T}" if spec.task.T else "")
         variants = ", ".join(f"{v.name} p={v.p_detach:g}" for v in spec.variants)
@@ -273,7 +276,18 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="print the spec
         table.add_row(
             name, task, variants, lrs, str(len(spec.seeds)), str(spec.budget.steps), str(spec.grid_size)
         )
-    Console().print(table)
+        reported += [
+            f"{name}: {f.variant}: {f.reported}; {f.selection}; {f.steps:,} steps of batch {f.batch_size} "
+            f"({f.source})"
+            for f in paper_figures(spec.task)
+        ]
+    console = Console()
+    console.print(table)
+    console.print(
+        "What the paper and its authors report for these tasks (reports show it beside a study's own):"
+    )
+    for line in reported:
+        console.print("  " + escape(line), soft_wrap=True)
 
 
 @app.command()

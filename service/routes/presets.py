@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, status
+from pydantic import BaseModel, Field
 
 from service.deps import BackendDep, ReadAccess, WriteAccess
 from service.routes.studies import AUTH, submit_validated
 from service.schemas import Problem, StudyCreated
+from studies.paper import PaperFigure, paper_figures
 from studies.presets import PRESETS, preset_spec
+from studies.spec import StudySpec
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 
@@ -18,6 +21,28 @@ router = APIRouter(prefix="/presets", tags=["presets"])
 def list_presets() -> dict[str, dict[str, Any]]:
     """Every preset's spec by name: copying T=100/T=300 (p=0.5), pixel/permuted MNIST (p=0.25), and -small."""
     return PRESETS
+
+
+class PresetDetail(BaseModel):
+    spec: dict[str, Any] = Field(description="the preset's spec")
+    paper_figures: list[PaperFigure] = Field(
+        description="what the paper or its authors reported for this task, with source and budget; "
+        "empty where the task is not one of the paper's experiments at its sizes"
+    )
+
+
+@router.get(
+    "/{name}",
+    dependencies=[ReadAccess],
+    responses={**AUTH, 404: {"model": Problem, "description": "no such preset"}},
+)
+def get_preset(name: str) -> PresetDetail:
+    """One preset's spec and the paper's figures for it (the report shows them beside a study's own)."""
+    try:
+        spec = preset_spec(name)
+    except KeyError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error.args[0])) from error
+    return PresetDetail(spec=spec, paper_figures=paper_figures(StudySpec.model_validate(spec).task))
 
 
 @router.post(

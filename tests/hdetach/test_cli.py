@@ -163,6 +163,12 @@ def test_presets_and_submit_by_preset(tmp_path: Path):
     assert status["jobs"]["queued"] == 6
     unknown = run("submit", "--preset", "nope", "--database-url", url)
     assert unknown.returncode == 2 and "unknown preset" in unknown.stderr
+    # the full MNIST preset on a machine without MNIST: one line naming what is missing, nothing queued
+    refused = run("submit", "--preset", "pixel-mnist", "--database-url", url)
+    assert refused.returncode == 2 and "HDETACH_MNIST_DIR" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    table = run("presets")
+    assert table.returncode == 0 and "pixel-mnist: h-detach: 98.5% test accuracy" in table.stdout
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,13 @@ def test_presets_list_and_submit_by_name_with_overrides(server):
     api = server.client()
     presets = api.get("/presets").json()
     assert "copying-T100" in presets and presets["pixel-mnist"]["variants"][1]["p_detach"] == 0.25
+    detail = api.get("/presets/permuted-mnist").json()
+    assert detail["spec"] == presets["permuted-mnist"]
+    (figure,) = detail["paper_figures"]
+    assert (figure["variant"], figure["accuracy"], figure["steps"]) == ("h-detach", 0.923, 100_000)
+    assert "authors' README" in figure["source"]
+    assert api.get("/presets/adding-T50-small").json()["paper_figures"] == []
+    assert api.get("/presets/nope").status_code == 404
     created = api.post("/presets/copying-T100-small/studies", json={"seeds": [1], "name": "from-preset"})
     assert created.status_code == 201, created.text
     assert created.json()["cells"] == 6 and created.json()["name"] == "from-preset"
