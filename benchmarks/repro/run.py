@@ -69,7 +69,8 @@ def _hdetach(args: list[str], env: dict[str, str]) -> str:
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # only the trailing newline: porcelain status lines begin with a significant space
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip("\n")
 
 
 def provenance() -> dict[str, Any]:
