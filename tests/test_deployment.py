@@ -444,3 +444,17 @@ def test_gpu_images_can_run_every_task():
     for image in ("worker", "ray"):
         installs = (ROOT / "docker" / f"{image}.Dockerfile").read_text()
         assert re.search(r'pip install [^\n]*"\.\[[a-z,]*mnist[a-z,]*\]"', installs), image
+
+
+def test_every_container_that_checks_or_trains_mnist_sees_the_same_mnist_directory():
+    for config, services in (
+        (HEAD, ("api", "worker", "ray-head", "ray-worker")),
+        (NODE, ("worker", "ray-worker")),
+    ):
+        for name in services:
+            service = config["services"][name]
+            mounts = [tuple(v.split(":")) for v in service.get("volumes", [])]  # short syntax
+            assert ("./data/mnist", "/data/mnist", "ro") in mounts, (name, mounts)  # .env.example's source
+        assert config["services"]["worker"]["environment"]["HDETACH_MNIST_DIR"] == "/data/mnist"
+    assert HEAD["services"]["api"]["environment"]["HDETACH_MNIST_DIR"] == "/data/mnist"
+    assert HEAD["services"]["ray-head"]["environment"]["HDETACH_MNIST_DIR"] == "/data/mnist"
