@@ -29,11 +29,12 @@ quantities the stratified bootstrap targets; every lr has the same number of see
 Statistics checked: the comparison's mean_difference_ci_low/high and prob_improvement_ci_low/high,
 and each variant's per-lr mean_ci_low/mean_ci_high (LRStats) where the schema has those fields
 ("not reported" otherwise). An interval covers when low <= truth <= high. An interval that is None
-counts as "no interval": `coverage` is over the intervals reported, `counting none` counts a
-missing interval as a miss. The Monte-Carlo standard error treats each study as a cluster (the
-per-lr intervals of one study are not independent); with one interval per study it is the binomial
-one. Each study is summarised with bootstrap seed = its index and n_boot = summarize's default
-unless `--n-boot` is given.
+counts as "no interval" (column "no CI"): "coverage" is over the intervals reported, "none=miss"
+(coverage_counting_none in the JSON) counts a missing interval as a miss. The Monte-Carlo standard
+error treats each study as a cluster (the per-lr intervals of one study are not independent); with
+one interval per study it is the binomial one. Each study is summarised with bootstrap seed = its
+index and n_boot = summarize's default unless `--n-boot` is given. The default run (400 studies)
+takes about 15 s, `--quick` (100 studies, overriding `--studies`) about 4 s.
 
     python benchmarks/bench_coverage.py [--studies 400] [--quick] [--designs 3x2 5x10]
         [--noise normal skewed] [--n-boot N] [--seed 0] [--out benchmarks/results/coverage.json]
