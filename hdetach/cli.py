@@ -78,6 +78,8 @@ def train(
         fail(f"unknown task {task!r}; choose one of {', '.join(DEFAULT_P)}")
     try:
         if task in ("copying", "adding"):
+            if mnist_root is not None:
+                fail(f"--mnist-root applies to pixel_mnist and permuted_mnist, not to {task}")
             task_config = TaskConfig(name=task, T=T, train_size=train_size, transfer_T=list(transfer_T))
         elif T is not None or train_size is not None or transfer_T:
             fail(f"--T, --train-size and --transfer-T apply to copying and adding, not to {task}")
@@ -111,7 +113,7 @@ def train(
             fail(f"unknown variant {v!r}; choose vanilla or h-detach")
     try:
         trainer = PackTrainer(config, trials, device)
-    except (MNISTNotFoundError, ValueError, RuntimeError) as e:
+    except (MNISTNotFoundError, ValueError, RuntimeError, OSError) as e:
         fail(" ".join(str(e).split()))  # one line, even for multi-line messages
 
     with Progress(
@@ -267,7 +269,7 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="print the spec
         return
     table = Table(title="presets")
     for column in ("name", "task", "variants", "learning rates", "seeds", "steps", "trials"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "name")
     reported: list[str] = []
     for name, spec in validated_presets().items():
         task = spec.task.name + (f" T={spec.task.T}" if spec.task.T else "")

@@ -275,12 +275,21 @@ def _paper_section(spec: StudySpec, rows: Sequence[TrialRow], summary: Robustnes
     headers = ["variant", "reported", "how chosen", "source", "their budget", "this study", "this budget"]
     table = _table(headers, (_paper_row(f, spec, rows, summary) for f in figures), text_columns=6)
     notes = [
-        "The paper's figures come from far longer training than most studies give a trial; a budget "
-        "below theirs is stated beside each. 'Best' here is the best seed by its test value, not by "
-        "validation as the authors chose."
+        "The paper's figures come from far longer training than most studies give a trial; the share "
+        "of their training sequences (steps x batch) is stated beside each. 'Best' here is the best "
+        "seed by its test value, not by validation as the authors chose."
     ]
+    paper = figures[0]
+    detach = [v.p_detach for v in spec.variants if v.p_detach > 0]
+    differences = []
+    if spec.model.hidden_size != paper.hidden_size:
+        differences.append(f"hidden size {spec.model.hidden_size} (theirs {paper.hidden_size})")
+    if detach and detach != [paper.p_detach]:
+        differences.append(f"p_detach {', '.join(f'{p:g}' for p in detach)} (theirs {paper.p_detach:g})")
+    if differences:
+        notes.append("This study differs from the authors' settings: " + "; ".join(differences) + ".")
     if any("NOT full MNIST" in data for data in summary.data):
-        notes.append("This study ran on the 5,000-digit MNIST subset: its numbers are not comparable.")
+        notes.append("This study ran on a subset of MNIST: its numbers are not comparable.")
     return [
         "<h2>The paper's figures beside this study</h2>",
         table,
@@ -291,13 +300,19 @@ def _paper_section(spec: StudySpec, rows: Sequence[TrialRow], summary: Robustnes
 def _paper_row(
     figure: PaperFigure, spec: StudySpec, rows: Sequence[TrialRow], summary: RobustnessSummary
 ) -> list[object]:
-    variants = [v.name for v in spec.variants] if figure.variant == "both" else [figure.variant]
-    ours = "; ".join(_ours(name, figure.lr, spec, rows, summary) for name in variants)
-    fraction = spec.budget.steps / figure.steps
+    # the paper's "vanilla" is p_detach 0, its "h-detach" any p_detach > 0, whatever the variants are called
+    variants = [
+        v.name
+        for v in spec.variants
+        if figure.variant == "both" or (v.p_detach > 0) == (figure.variant == "h-detach")
+    ]
+    ours = "; ".join(_ours(name, figure.lr, spec, rows, summary) for name in variants) or "no such variant"
+    share = spec.budget.steps * spec.budget.batch_size / figure.sequences
     budget = (
-        f"{spec.budget.steps:,} steps of batch {spec.budget.batch_size} ({100 * fraction:.3g}% of theirs)"
+        f"{spec.budget.steps:,} steps of batch {spec.budget.batch_size} "
+        f"({100 * share:.3g}% of their training sequences)"
     )
-    theirs = f"{figure.steps:,} steps of batch {figure.batch_size}, lr {figure.lr:g}"
+    theirs = f"{figure.steps:,} steps of batch {figure.batch_size}, lr {figure.lr:g} ({figure.budget})"
     return [figure.variant, figure.reported, figure.selection, figure.source, theirs, ours, budget]
 
 
@@ -318,8 +333,9 @@ def _ours(
     where = f"lr {_lr(lr)}" + ("" if lr == paper_lr else " (its best; the paper's is not in the grid)")
     if not values:
         return f"{variant} at {where}: no finished run"
-    median = statistics.median(values)
-    return f"{variant} at {where}: best {_pct1(values[-1])}, median {_pct1(median)} of {len(values)} seeds"
+    seeds = f"{len(values)} seed" + ("" if len(values) == 1 else "s")
+    median = _pct1(statistics.median(values))
+    return f"{variant} at {where}: best {_pct1(values[-1])}, median {median} of {seeds}"
 
 
 def _pct1(value: float) -> str:

@@ -4,8 +4,9 @@ Only figures confirmed from a primary source are here (see ../shared/PAPER.md): 
 README for the MNIST accuracies, the paper's own text and figures for the qualitative copying
 claims. The submission-era table quoted by the ICLR 2019 reproducibility report differs from the
 final version, and the paper's exact iteration counts and transfer table are not confirmed, so
-none of them appears. Each figure says under which budget it was obtained, so a report can state
-how far a study's budget is from it.
+none of them appears. Each figure says under which budget and settings the authors' code trains
+(the paper's figures do not state their iteration counts: the budget is the code's), so a report
+can state how far a study is from it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,30 @@ class PaperFigure(BaseModel):
     accuracy: float | None = Field(description="test accuracy, where the source gives a number")
     selection: str = Field(description="how the reported run or model was chosen")
     source: str
-    steps: int = Field(description="optimizer steps per run in the source")
+    steps: int = Field(description="optimizer steps per run in the authors' code")
+    budget: str = Field(description="where `steps` comes from")
     batch_size: int = PAPER_BATCH_SIZE
     lr: float = 1e-3
+    hidden_size: int
+    p_detach: float = Field(description="the h-detach variant's p_detach")
+
+    @property
+    def sequences(self) -> int:
+        """Training sequences one run sees."""
+        return self.steps * self.batch_size
 
 
 def _copying(T: int) -> list[PaperFigure]:
     steps = PAPER_COPYING_EPOCHS * COPYING_STEPS_PER_EPOCH
-    common = {"source": PAPER, "steps": steps, "selection": "curves over seeds (read from the figures)"}
+    common = {
+        "source": PAPER,
+        "steps": steps,
+        "budget": f"the authors' code: {PAPER_COPYING_EPOCHS} epochs of "
+        f"{COPYING_STEPS_PER_EPOCH:,} iterations",
+        "selection": "curves over seeds (read from the figures)",
+        "hidden_size": 128,
+        "p_detach": 0.5,
+    }
     if T == 100:
         return [
             PaperFigure(
@@ -62,6 +79,9 @@ def _mnist(accuracy: float, seed: int) -> list[PaperFigure]:
             selection="best of about 5 seeds, each run's best-validation model",
             source=AUTHORS_README,
             steps=PAPER_MNIST_EPOCHS * MNIST_STEPS_PER_EPOCH,
+            budget=f"the authors' code: {PAPER_MNIST_EPOCHS} epochs of {MNIST_STEPS_PER_EPOCH} iterations",
+            hidden_size=100,
+            p_detach=0.25,
         )
     ]
 

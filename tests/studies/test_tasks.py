@@ -250,13 +250,34 @@ def write_idx(directory: Path, n_train: int = 120, n_test: int = 20, gz: bool = 
     return written
 
 
+def write_full_mnist_headers(directory: Path, gz: bool = False) -> None:
+    """IDX files with MNIST's headers (60,000 / 10,000 images) and lengths, their data all zero:
+    enough for what reads headers only (sparse files, so nothing is written but the headers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", 60_000), ("test", 10_000)):
+        image_header = (2051).to_bytes(4, "big") + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
+        label_header = (2049).to_bytes(4, "big") + n.to_bytes(4, "big")
+        for key, header, size in (
+            (f"{prefix}_images", image_header, n * 784),
+            (f"{prefix}_labels", label_header, n),
+        ):
+            path = directory / IDX_FILE_NAMES[key]
+            if gz:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(header + bytes(size)))
+            else:
+                with path.open("wb") as file:
+                    file.write(header)
+                    file.truncate(len(header) + size)
+
+
 @pytest.mark.parametrize(
     ("subdir", "gz"), [("", False), ("", True), ("MNIST/raw", False), ("MNIST/raw", True)]
 )
 def test_load_mnist_reads_idx_files_and_splits(tmp_path: Path, subdir: str, gz: bool):
     written = write_idx(tmp_path / subdir, n_train=120, n_test=20, gz=gz)
     data = load_mnist(tmp_path, allow_subset=False)
-    assert not data.is_subset and str(tmp_path) in data.source
+    # read from IDX files, but not MNIST's 60,000 + 10,000 images: labelled as not full MNIST
+    assert data.is_subset and str(tmp_path) in data.source and "NOT full MNIST" in data.source
     assert data.sizes == {"train": 100, "val": 20, "test": 20}  # n_val = min(10000, 120 // 6)
     train_images, train_labels = written["train"]
     assert data.train_images.dtype == torch.uint8 and data.train_labels.dtype == torch.int64
