@@ -22,14 +22,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
-from studies.tasks.mnist_data import (
+from studies.mnist_idx import (
     FULL_MNIST,
     IDX_FILE_NAMES,
     MNISTFormatError,
     find_idx_files,
     idx_image_counts,
 )
+from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
 from studies.training.config import TaskConfig, TrainingConfig, TrialParams
 
 

