@@ -7,7 +7,7 @@ concurrent HTTP clients (threads, one httpx.Client each, keep-alive) run each ph
 `--seconds`:
 
 - submit: POST /studies with a small valid spec (8 cells) and the token;
-- summary, computed: GET /studies/{id}/summary?seed=i with a new seed per request, so each one
+- summary, computed: GET /studies/{id}/summary?robust_level=... with a new level per request, so each one
   computes the summary (what the first request for a finished study costs);
 - summary, kept: GET /studies/{id}/summary, the same URL every time (a finished study's summary
   is kept in the API process).
@@ -122,7 +122,9 @@ def finished_tied_study(url: str, database_url: str) -> int:
             ],
         )
     engine.dispose()
-    summary = httpx.get(f"{url}/studies/{study_id}/summary", params={"seed": 10**9}, timeout=120).json()
+    summary = httpx.get(
+        f"{url}/studies/{study_id}/summary", params={"robust_level": 0.81}, timeout=120
+    ).json()
     assert summary["complete"] and [c["n_pairs"] for c in summary["comparisons"]] == [12, 12], summary
     return study_id
 
@@ -183,7 +185,9 @@ def main() -> None:
             summary_url = f"/studies/{study_id}/summary"
             phases = {
                 "submit": lambda c, i: c.post("/studies", json={**SMALL_SPEC, "name": f"bench-{i}"}),
-                "summary, computed": lambda c, i: c.get(summary_url, params={"seed": i}),
+                "summary, computed": lambda c, i: c.get(
+                    summary_url, params={"robust_level": 0.5 + (i % 4000) / 10_000}
+                ),
                 "summary, kept": lambda c, i: c.get(summary_url),
             }
             results = {

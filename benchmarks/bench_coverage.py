@@ -32,18 +32,16 @@ and each variant's per-lr mean_ci_low/mean_ci_high (LRStats) where the schema ha
 counts as "no interval" (column "no CI"): "coverage" is over the intervals reported, "none=miss"
 (coverage_counting_none in the JSON) counts a missing interval as a miss. The Monte-Carlo standard
 error treats each study as a cluster (the per-lr intervals of one study are not independent); with
-one interval per study it is the binomial one. Each study is summarised with bootstrap seed = its
-index and n_boot = summarize's default unless `--n-boot` is given. The default run (400 studies)
-takes about 15 s, `--quick` (100 studies, overriding `--studies`) about 4 s.
+one interval per study it is the binomial one. The default run (400 studies) takes about 15 s,
+`--quick` (100 studies, overriding `--studies`) about 4 s.
 
     python benchmarks/bench_coverage.py [--studies 400] [--quick] [--designs 3x2 5x10]
-        [--noise normal skewed] [--n-boot N] [--seed 0] [--out benchmarks/results/coverage.json]
+        [--noise normal skewed] [--seed 0] [--out benchmarks/results/coverage.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import subprocess
@@ -70,7 +68,6 @@ SIGMA_B, SIGMA_D = 0.02, 0.02  # seed noise of the baseline, of the paired diffe
 GAMMA_SHAPE = 1.0
 CONFIDENCE = 0.95  # what the summary's intervals claim
 PER_LR_FIELDS = ("mean_ci_low", "mean_ci_high")
-N_BOOT_DEFAULT: int = inspect.signature(summarize).parameters["n_boot"].default
 
 
 @dataclass(frozen=True)
@@ -215,14 +212,14 @@ class Tally:
 
 
 def run_design(
-    noise_name: str, design: str, studies: int, n_boot: int, seed: int, per_lr: bool
+    noise_name: str, design: str, studies: int, seed: int, per_lr: bool
 ) -> dict[str, dict[str, Any]]:
     n_lrs, n_seeds = (int(x) for x in design.split("x"))
     # one stream per (seed, family, design): a subset of designs or families gives the same numbers
     rng = np.random.default_rng([seed, list(NOISES).index(noise_name), n_lrs, n_seeds])
     noise = NOISES[noise_name]
     tallies = {statistic: Tally() for statistic in STATISTICS}
-    for index in range(studies):
+    for _ in range(studies):
         study = draw_study(rng, noise, n_lrs, n_seeds)
         summary = summarize(
             study.outcomes,
@@ -230,8 +227,6 @@ def run_design(
             threshold=THRESHOLD,
             higher_is_better=True,
             baseline=BASELINE[0],
-            n_boot=n_boot,
-            seed=index,
         )
         for statistic, found in intervals(summary, per_lr).items():
             tallies[statistic].add(found, study.truth[statistic])
@@ -291,7 +286,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 studies per design and noise family")
     parser.add_argument("--designs", nargs="+", default=DESIGNS, help="lrs x seeds, e.g. 3x2 5x10")
     parser.add_argument("--noise", nargs="+", choices=list(NOISES), default=["normal", "skewed"])
-    parser.add_argument("--n-boot", type=int, default=N_BOOT_DEFAULT, help="default: summarize's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "coverage.json")
     args = parser.parse_args()
@@ -311,7 +305,7 @@ def main() -> None:
     ]
     print(f"commit {commit}{' + local changes in ' + ', '.join(dirty) if dirty else ''}")
     print(
-        f"{studies} studies per design and noise, n_boot {args.n_boot}, nominal {CONFIDENCE:.0%}; "
+        f"{studies} studies per design and noise, nominal {CONFIDENCE:.0%}; "
         f"per-lr mean intervals {'reported' if per_lr else 'not reported by this summary'}"
     )
     print_row(HEADER)
@@ -319,7 +313,7 @@ def main() -> None:
     started = time.perf_counter()
     for noise in args.noise:
         for design in args.designs:
-            found = run_design(noise, design, studies, args.n_boot, args.seed, per_lr)
+            found = run_design(noise, design, studies, args.seed, per_lr)
             results.setdefault(noise, {})[design] = found
             for statistic in STATISTICS:
                 print_row(row(noise, design, statistic, found[statistic]))
@@ -332,7 +326,6 @@ def main() -> None:
             "studies": studies,
             "designs": args.designs,
             "noise": {name: NOISES[name].description for name in args.noise},
-            "n_boot": args.n_boot,
             "seed": args.seed,
             "confidence": CONFIDENCE,
             "variants": {BASELINE[0]: BASELINE[1], VARIANT[0]: VARIANT[1]},

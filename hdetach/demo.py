@@ -192,11 +192,18 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{_fmt(v['success_ci_high'], '.2f')}]",
             _fmt(v["best_lr"], "g"),
             _fmt(v["best_mean"], value),
-            "–" if worst is None else f"{format(worst['value'], value)} (seed {worst['seed']})",
+            _worst(worst, value),
             robust,
             _fmt(v["success_auc"], ".2f"),
         )
     console.print(table)
+
+
+def _worst(worst: dict[str, Any] | None, value: str) -> str:
+    if worst is None:
+        return "–"
+    shown = "diverged" if worst["diverged"] else format(worst["value"], value)
+    return f"{shown} (seed {worst['seed']})"
 
 
 def _counts(variant: dict[str, Any]) -> str:
@@ -228,8 +235,14 @@ def what_it_shows(summary: dict[str, Any], spec: dict[str, Any]) -> list[str]:
             f"mean difference {_fmt(c['mean_difference'], '+.3g')} "
             f"[95% CI {_fmt(c['mean_difference_ci_low'], '+.3g')}, "
             f"{_fmt(c['mean_difference_ci_high'], '+.3g')}], "
-            f"P(better) {_fmt(c['prob_improvement'], '.2f')}, Wilcoxon p {_fmt(c['wilcoxon_p'], '.3g')}"
+            f"P(better) {_fmt(c['prob_improvement'], '.2f')} "
+            f"[95% CI {_fmt(c['prob_improvement_ci_low'], '.2f')}, "
+            f"{_fmt(c['prob_improvement_ci_high'], '.2f')}], "
+            f"Wilcoxon p {_fmt(c['wilcoxon_p'], '.3g')}"
         )
+    if summary["caveats"]:
+        lines.append("what these numbers can support:")
+        lines.extend(f"  {caveat}" for caveat in summary["caveats"])
     lines.append("")
     lines.extend(_meaning(summary, spec))
     return lines

@@ -32,7 +32,6 @@ PlotFormat = Literal["svg", "png"]
 
 FIGSIZE = (7.0, 4.5)  # inches, single-panel plots
 PNG_DPI = 100
-N_BOOT = 1000  # bootstrap resamples of the mean band in metric_vs_lr
 MAX_CURVE_PANELS = 12  # learning_curves shows at most this many learning rates, evenly picked
 NOTE_COLOUR = "0.4"
 
@@ -142,17 +141,6 @@ def _by_lr(
     return groups
 
 
-def _bootstrap_mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
-    """95% percentile bootstrap interval of the mean; None with fewer than two values."""
-    data = np.asarray(values, dtype=float)
-    if data.size < 2:
-        return None
-    rng = np.random.default_rng(0)
-    means = data[rng.integers(0, data.size, size=(N_BOOT, data.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
 # -- shared drawing ------------------------------------------------------------------------------
 
 
@@ -213,7 +201,8 @@ def _threshold_line(ax: Axes, study: _Study) -> None:
 
 
 def _metric_vs_lr(study: _Study) -> Figure:
-    """Final metric per seed (dots), mean per lr with a bootstrap band, diverged runs as 'x'."""
+    """Final metric per seed (dots), mean per lr with its t-interval from the summary (clipped to the
+    dots' range: with two seeds it is very wide), diverged runs as 'x'."""
     figure = _figure()
     ax = figure.subplots()
     unit, names = _jitter_unit(study.lrs), list(study.colours)
@@ -227,11 +216,14 @@ def _metric_vs_lr(study: _Study) -> Figure:
             xs = [_jittered(lr, unit, slot, len(names), i, len(values)) for i in range(len(values))]
             ax.scatter(xs, values, s=14, color=colour, alpha=0.6, linewidths=0)
             all_values += values
-        if groups:
-            lrs = list(groups)
-            means = [float(np.mean(v)) for v in groups.values()]
-            bands = [_bootstrap_mean_ci(v) or (m, m) for v, m in zip(groups.values(), means, strict=True)]
-            ax.fill_between(lrs, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.2, lw=0)
+        stats = [s for v in study.summary.variants if v.name == variant for s in v.lrs if s.mean is not None]
+        if stats:
+            lrs, means = [s.lr for s in stats], [float(s.mean or 0.0) for s in stats]
+            lows = [m if s.mean_ci_low is None else s.mean_ci_low for s, m in zip(stats, means, strict=True)]
+            highs = [
+                m if s.mean_ci_high is None else s.mean_ci_high for s, m in zip(stats, means, strict=True)
+            ]
+            ax.fill_between(lrs, lows, highs, color=colour, alpha=0.2, lw=0)
             ax.plot(lrs, means, "-o", color=colour, ms=4, lw=1.5, label=variant)
         diverged = _by_lr(study.rows, variant, lambda r: 1.0 if _diverged(r) else None)
         for lr, marks in diverged.items():
@@ -240,12 +232,19 @@ def _metric_vs_lr(study: _Study) -> Figure:
             any_diverged = True
     _threshold_line(ax, study)
     _log_y_if_wide(ax, all_values, study)
+    if all_values and ax.get_yscale() == "linear":  # the bands may reach far beyond the seeds
+        low, high = (
+            min([*all_values, study.spec.success.threshold]),
+            max([*all_values, study.spec.success.threshold]),
+        )
+        pad = 0.08 * (high - low) or 0.05 * max(abs(high), 1e-12)
+        ax.set_ylim(low - pad, high + pad)
     if not all_values and not any_diverged:
         _note(ax, study.empty_note())
     _lr_axis(ax, study.lrs)
     which = "at best validation" if study.spec.selection == "best_val" else "of the final model"
     ax.set_ylabel(f"test {study.metric} {which}")
-    what = f"test {study.metric} vs learning rate: seeds, mean and its 95% bootstrap interval"
+    what = f"test {study.metric} vs learning rate: seeds, mean and its 95% t-interval"
     figure.suptitle(study.title(what), fontsize="medium")
     handles, _ = ax.get_legend_handles_labels()
     if any_diverged:

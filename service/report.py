@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from service.plots import PLOT_NAMES
 from studies.paper import PaperFigure, paper_figures
 from studies.results import TrialRow
-from studies.robustness import Comparison, LRStats, RobustnessSummary, VariantSummary
+from studies.robustness import Comparison, LRStats, RobustnessSummary, SeedValue, VariantSummary
 from studies.spec import StudySpec
 
 DASH = "–"  # an undefined value
@@ -26,7 +26,7 @@ SELECTION_TEXT = {
 
 PLOT_CAPTIONS = {
     "metric_vs_lr": "Test metric per seed (dots; of the model the study's selection names), mean per "
-    "learning rate with a 95% bootstrap band; diverged runs as ×.",
+    "learning rate with its 95% t-interval over the seeds that did not diverge; diverged runs as ×.",
     "success_vs_lr": "Success rate per learning rate with its Wilson 95% interval; the dotted line is the "
     "robust level.",
     "learning_curves": "Validation metric during training, one panel per learning rate, one line per seed.",
@@ -167,48 +167,61 @@ def _header(study_id: int, name: str, status: str, spec: StudySpec, summary: Rob
     }
     items = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts.items())
     note = (
-        "Robustness statistics treat diverged runs as failures: they count as runs in every success rate "
-        "but have no metric value, so they are excluded from the metric statistics (mean, median, std, "
-        "worst, best lr, expected best) and from the paired comparisons. Failed trials only appear in the "
-        f"counts. A learning rate is robust when its success rate is at least {summary.robust_level:g}. "
-        "Intervals are 95%: Wilson for success rates, bootstrap "
-        f"({summary.n_boot} resamples, seed {summary.seed}) for comparisons."
+        "A diverged run is the worst outcome: a failure in every success rate, the worst seed of its "
+        "learning rate, and a loss in its pair (P(better), the rank test, the success difference); "
+        "means, medians and the mean difference are over the runs that did not diverge. The best "
+        "learning rate has the highest success rate, then the best mean. Failed trials only appear in "
+        f"the counts. A learning rate is robust when its success rate is at least {summary.robust_level:g}, "
+        "and robust with confidence when the lower end of its Wilson interval is. Intervals are 95%: "
+        "Wilson for success rates and P(better), t-intervals for means and the mean difference."
+    )
+    caveats = "".join(f"<li>{_e(c)}</li>" for c in summary.caveats)
+    limits = (
+        f"<p><strong>What these numbers can support</strong></p>\n<ul>{caveats}</ul>\n" if caveats else ""
     )
     return (
         f"<h1>{_e(name)}</h1>\n<p>Study {study_id}</p>\n<dl class=facts>\n{items}\n</dl>\n"
-        f"<p class=note>{_e(note)}</p>"
+        f"{limits}<p class=note>{_e(note)}</p>"
     )
 
 
 def _variant_table(summary: RobustnessSummary) -> str:
     headers = [
         "variant", "p_detach", "runs", "diverged", "failed", "success rate [95% CI]", "best lr",
-        "mean at best lr", "worst seed at best lr", "robust lr range", "width (decades)", "success AUC",
-        "expected best, k=1", "expected best, k=max",
+        "mean at best lr", "worst seed at best lr", "robust lr range", "width (decades)",
+        "robust with confidence", "success AUC", "expected best, k=1", "expected best, k=max",
     ]  # fmt: skip
     return _table(headers, (_variant_row(v) for v in summary.variants))
 
 
 def _variant_row(v: VariantSummary) -> list[object]:
-    worst = v.worst_seed_at_best_lr
     robust = DASH
     if v.robust_lr_low is not None:
         robust = f"{_lr(v.robust_lr_low)} – {_lr(v.robust_lr_high)}"
         robust += "" if v.robust_contiguous else " (with gaps)"
+    confident = DASH
+    if v.confidently_robust_lr_low is not None:
+        confident = f"{_lr(v.confidently_robust_lr_low)} – {_lr(v.confidently_robust_lr_high)}"
     expected = v.expected_max_k
     k_max = f"{_num(expected[-1])} (k={len(expected)})" if expected else DASH
     return [
         v.name, _num(v.p_detach, "g"), v.runs, v.diverged, v.failed,
         _rate(v.success_rate, v.success_ci_low, v.success_ci_high), _lr(v.best_lr), _num(v.best_mean),
-        f"{_num(worst.value)} (seed {worst.seed})" if worst else DASH, robust,
-        _num(v.robust_width_decades, ".2f"), _num(v.success_auc, ".2f"),
+        _seed(v.worst_seed_at_best_lr), robust, _num(v.robust_width_decades, ".2f"), confident,
+        _num(v.success_auc, ".2f"),
         _num(expected[0]) if expected else DASH, k_max,
     ]  # fmt: skip
 
 
+def _seed(worst: SeedValue | None) -> str:
+    if worst is None:
+        return DASH
+    return f"diverged (seed {worst.seed})" if worst.diverged else f"{_num(worst.value)} (seed {worst.seed})"
+
+
 def _lr_table(variant: VariantSummary) -> str:
     headers = [
-        "lr", "seeds run", "diverged", "failed", "mean", "median", "std", "worst",
+        "lr", "seeds run", "diverged", "failed", "mean [95% CI]", "median", "std", "worst",
         "success rate [95% CI]", "median steps to threshold",
     ]  # fmt: skip
     return f"<h3>{_e(variant.name)}</h3>\n" + _table(headers, (_lr_row(s) for s in variant.lrs))
@@ -216,8 +229,10 @@ def _lr_table(variant: VariantSummary) -> str:
 
 def _lr_row(s: LRStats) -> list[object]:
     return [
-        _lr(s.lr), s.seeds_run, s.diverged, s.failed, _num(s.mean), _num(s.median), _num(s.std),
-        _num(s.worst), _rate(s.success_rate, s.success_ci_low, s.success_ci_high),
+        _lr(s.lr), s.seeds_run, s.diverged, s.failed,
+        _with_ci(_num(s.mean), _num(s.mean_ci_low), _num(s.mean_ci_high)), _num(s.median), _num(s.std),
+        "diverged" if s.worst_diverged else _num(s.worst),
+        _rate(s.success_rate, s.success_ci_low, s.success_ci_high),
         _num(s.median_steps_to_threshold, ".0f"),
     ]  # fmt: skip
 
@@ -226,13 +241,16 @@ def _comparison_table(summary: RobustnessSummary) -> str:
     if not summary.comparisons:
         return "<p class=note>Only one variant: nothing to compare.</p>"
     headers = [
-        "variant", "baseline", "pairs", "only variant diverged", "only baseline diverged",
-        "mean difference [95% CI]", "P(improvement) [95% CI]", "Wilcoxon p", "success-rate difference",
+        "variant", "baseline", "pairs", "pairs with a divergence (variant / baseline / both)",
+        "mean difference [95% CI] (pairs)", "P(improvement) [95% CI]", "Wilcoxon p (smallest possible)",
+        "Holm-adjusted p", "success-rate difference (paired)",
     ]  # fmt: skip
     note = (
-        "Paired on (lr, seed) over pairs where neither run diverged; positive differences favour the "
-        "variant. Wilcoxon p is exact up to 50 non-zero differences (ties included), a normal "
-        "approximation above (marked)."
+        "Paired on (lr, seed); positive differences favour the variant. A pair where one side diverged "
+        "is a loss for that side (a tie if both did) in P(improvement), the rank test and the success "
+        "difference; the mean difference is over the pairs where neither diverged (their number in "
+        "brackets). Wilcoxon p is exact up to 50 non-zero differences (ties included), a normal "
+        "approximation above (marked); beside it, the smallest p these pairs could give."
     )
     table = _table(headers, (_comparison_row(c) for c in summary.comparisons), text_columns=2)
     return f"{table}\n<p class=note>{note}</p>"
@@ -242,12 +260,16 @@ def _comparison_row(c: Comparison) -> list[object]:
     difference = _with_ci(
         _num(c.mean_difference, "+.4g"), _num(c.mean_difference_ci_low, "+.4g"),
         _num(c.mean_difference_ci_high, "+.4g"),
-    )  # fmt: skip
+    ) + f" ({c.n_value_pairs})"  # fmt: skip
+    p_value = _num(c.wilcoxon_p, ".2g") + (" (normal approx.)" if c.wilcoxon_method == "normal" else "")
+    if c.wilcoxon_min_p is not None:
+        p_value += f" (≥ {c.wilcoxon_min_p:.2g})"
     return [
-        c.variant, c.baseline, c.n_pairs, c.only_variant_diverged, c.only_baseline_diverged, difference,
+        c.variant, c.baseline, c.n_pairs,
+        f"{c.only_variant_diverged} / {c.only_baseline_diverged} / {c.both_diverged}", difference,
         _with_ci(_num(c.prob_improvement, ".2f"), _num(c.prob_improvement_ci_low, ".2f"),
                  _num(c.prob_improvement_ci_high, ".2f")),
-        _num(c.wilcoxon_p, ".2g") + (" (normal approx.)" if c.wilcoxon_method == "normal" else ""),
+        p_value, _num(c.wilcoxon_p_holm, ".2g"),
         DASH if c.success_rate_difference is None else f"{100 * c.success_rate_difference:+.0f} pp",
     ]  # fmt: skip
 

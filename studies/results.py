@@ -122,9 +122,7 @@ def curve_points(result: dict[str, Any]) -> list[CurvePoint]:
     ]
 
 
-def study_summary(
-    spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8, n_boot: int = 2000, seed: int = 0
-) -> RobustnessSummary:
+def study_summary(spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8) -> RobustnessSummary:
     """The robustness summary of a study's cells as they stand (complete or partial)."""
     outcomes = [
         TrialOutcome(
@@ -148,6 +146,4 @@ def study_summary(
         higher_is_better=spec.success.metric == "accuracy",
         baseline=spec.baseline_variant,
         robust_level=robust_level,
-        n_boot=n_boot,
-        seed=seed,
     )

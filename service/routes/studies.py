@@ -217,8 +217,6 @@ def summary_entry(
     study: Study,
     spec: StudySpec,
     robust_level: float = 0.8,
-    n_boot: int = 2000,
-    seed: int = 0,
 ) -> tuple[Entry, str]:
     """The study's summary (as JSON, the model in `value`), from the cache if the study is finished."""
 
@@ -227,10 +225,10 @@ def summary_entry(
             trial_row(job, spec.success.metric, spec.selection)
             for job in queue.list_jobs(backend.factory, study.id)
         ]
-        result = study_summary(spec, rows, robust_level=robust_level, n_boot=n_boot, seed=seed)
+        result = study_summary(spec, rows, robust_level=robust_level)
         return Entry.of(result.model_dump_json().encode(), "application/json", result)
 
-    return lookup(cache, study, ("summary", robust_level, n_boot, seed), render)
+    return lookup(cache, study, ("summary", robust_level), render)
 
 
 @router.get(
@@ -245,17 +243,14 @@ def summary(
     cache: CacheDep,
     study_id: StudyId,
     robust_level: Annotated[float, Query(gt=0.0, le=1.0, description="success rate a robust lr needs")] = 0.8,
-    n_boot: Annotated[int, Query(ge=100, le=20_000, description="bootstrap resamples")] = 2000,
-    seed: Annotated[int, Query(ge=0, description="bootstrap seed")] = 0,
 ) -> Response:
     """How robust each variant is to learning rate and seed, and how it compares with the baseline.
 
     Computed from the cells as they stand; `complete` and the counts say how complete the study is.
     A finished study's summary is computed once and kept; responses carry an ETag (If-None-Match
-    gives a 304) and Cache-Control (see `service.cache`). The Wilcoxon p-value is exact with at
-    most 50 non-zero paired differences (ties included) and a normal approximation above;
-    `comparisons[].wilcoxon_method` says which.
+    gives a 304) and Cache-Control (see `service.cache`). `caveats` says in words what the numbers
+    cannot support at this study's size.
     """
     study, spec = load(backend, study_id)
-    entry, state = summary_entry(backend, cache, study, spec, robust_level, n_boot, seed)
+    entry, state = summary_entry(backend, cache, study, spec, robust_level)
     return respond(request, study, entry, state)

@@ -35,9 +35,18 @@ class LRStats(_Schema):
     std: float | None = Field(
         description="sample standard deviation (ddof=1) of the metric; None if < 2 values"
     )
-    worst: float | None = Field(description=f"worst seed's metric in the metric's direction {_STATS_NOTE}")
+    worst: float | None = Field(
+        description=f"worst seed's metric in the metric's direction {_STATS_NOTE}; None too when a seed "
+        "diverged (then worst_diverged)"
+    )
+    worst_diverged: bool = Field(description="a seed diverged: the worst seed is a divergence")
     min: float | None = Field(description=f"smallest metric value {_STATS_NOTE}")
     max: float | None = Field(description=f"largest metric value {_STATS_NOTE}")
+    mean_ci_low: float | None = Field(
+        description="95% t-interval of the mean over the seeds' values, lower end: mean +- t(0.975, n-1) "
+        "s/sqrt(n); None with fewer than 2 values"
+    )
+    mean_ci_high: float | None = Field(description="the same interval, upper end")
     success_rate: float | None = Field(description="successes / seeds_run; None if nothing ran")
     success_ci_low: float | None = Field(description="Wilson 95% interval of the success rate, lower end")
     success_ci_high: float | None = Field(description="Wilson 95% interval of the success rate, upper end")
@@ -47,16 +56,20 @@ class LRStats(_Schema):
 
 
 class SeedValue(_Schema):
-    """A seed and its metric value."""
+    """A seed and its metric value, or its divergence."""
 
     seed: int = Field(description="training seed")
-    value: float = Field(description="the seed's metric value")
+    value: float | None = Field(description="the seed's metric value; None if it diverged")
+    diverged: bool = Field(False, description="the seed diverged")
 
 
 class SeedSpread(_Schema):
     """How far apart seeds land at one learning rate."""
 
-    max_minus_min: float = Field(description="largest minus smallest metric value across seeds")
+    max_minus_min: float | None = Field(
+        description="largest minus smallest metric value across seeds; None when a seed diverged (unbounded)"
+    )
+    diverged: int = Field(0, description="seeds that diverged")
     std: float | None = Field(description="sample standard deviation (ddof=1); None if < 2 values")
 
 
@@ -76,10 +89,14 @@ class VariantSummary(_Schema):
     success_ci_low: float | None = Field(description="Wilson 95% interval of the overall rate, lower end")
     success_ci_high: float | None = Field(description="Wilson 95% interval of the overall rate, upper end")
     best_lr: float | None = Field(
-        description="learning rate with the best mean metric (ties: the smallest lr); None if no means"
+        description="learning rate with the highest success rate, then the best mean metric over seeds that "
+        "did not diverge, then the smallest; None if nothing ran"
     )
-    best_mean: float | None = Field(description="mean metric at best_lr")
-    worst_seed_at_best_lr: SeedValue | None = Field(description="the seed with the worst metric at best_lr")
+    best_mean: float | None = Field(description="mean metric at best_lr (seeds that did not diverge)")
+    worst_seed_at_best_lr: SeedValue | None = Field(
+        description="the worst seed at best_lr: a diverged one if any (the smallest such seed), else the one "
+        "with the worst metric"
+    )
     seed_spread_at_best_lr: SeedSpread | None = Field(
         description="spread of the metric across seeds at best_lr"
     )
@@ -95,55 +112,80 @@ class VariantSummary(_Schema):
     robust_contiguous: bool = Field(
         description="the robust lrs are consecutive in this variant's grid (False if there are none)"
     )
+    confidently_robust_lrs: list[float] = Field(
+        description="learning rates whose success rate's Wilson 95% lower bound is >= robust_level: robust "
+        "with confidence, not on the point estimate (see RobustnessSummary.seeds_for_confident_robustness)"
+    )
+    confidently_robust_lr_low: float | None = Field(description="smallest of them; None if none")
+    confidently_robust_lr_high: float | None = Field(description="largest of them; None if none")
     success_auc: float | None = Field(
         description="area under success rate vs log10(lr) (trapezoid rule) over learning rates that ran, "
         "divided by their log10 span, in [0, 1]; with one such lr, its success rate; None if none ran"
     )
     expected_max_k: list[float] = Field(
         description="element k-1: expected best mean metric when k learning rates are drawn at random "
-        "with replacement, k = 1..n, over the n per-lr means (Dodge et al. 2019, 'Show your work')"
+        "with replacement, k = 1..n, over the n learning rates that ran (Dodge et al. 2019, 'Show your "
+        "work'); a diverged run enters its lr's mean as the worst value any run of the study reached"
     )
 
 
 class Comparison(_Schema):
-    """A variant against the baseline, paired on (lr, seed); positive differences favour the variant."""
+    """A variant against the baseline, paired on (lr, seed); positive differences favour the variant.
+
+    A diverged run is the worst outcome: the other side of its pair wins (a tie if both diverged)."""
 
     variant: str = Field(description="the compared variant")
     baseline: str = Field(description="the baseline variant")
     n_pairs: int = Field(
-        description="(lr, seed) pairs where both ran, neither diverged and both have a metric"
+        description="(lr, seed) pairs both ran, divergences included: the pairs of prob_improvement, the "
+        "rank test and success_rate_difference"
     )
-    pairs_excluded: int = Field(description="pairs where both ran but at least one has no metric value")
-    only_variant_diverged: int = Field(description="pairs where both ran and only the variant diverged")
-    only_baseline_diverged: int = Field(description="pairs where both ran and only the baseline diverged")
+    n_value_pairs: int = Field(description="pairs where neither diverged: the pairs of mean_difference")
+    pairs_with_divergence: int = Field(description="pairs where at least one side diverged")
+    pairs_excluded: int = Field(
+        description="pairs both ran but left out: a side reported no metric without diverging"
+    )
+    only_variant_diverged: int = Field(description="pairs where only the variant diverged (a loss)")
+    only_baseline_diverged: int = Field(description="pairs where only the baseline diverged (a win)")
+    both_diverged: int = Field(description="pairs where both diverged (a tie)")
     mean_difference: float | None = Field(
-        description="mean paired difference, variant - baseline when higher is better, baseline - variant "
-        "otherwise (positive = variant better); None without pairs"
+        description="mean paired difference over the value pairs, variant - baseline when higher is better, "
+        "baseline - variant otherwise (positive = variant better); None without value pairs"
     )
     mean_difference_ci_low: float | None = Field(
-        description="95% percentile bootstrap interval, lower end: pairs resampled with replacement within "
-        "each lr, stratum sizes kept; None unless some lr has >= 2 pairs"
+        description="95% t-interval over the value pairs, lower end: mean +- t(0.975, n-1) s/sqrt(n), "
+        "learning rates pooled (which can only widen it); None with fewer than 2 value pairs"
     )
     mean_difference_ci_high: float | None = Field(description="the same interval, upper end")
     prob_improvement: float | None = Field(
         description="P(variant better than baseline): fraction of pairs the variant wins plus half the ties"
     )
     prob_improvement_ci_low: float | None = Field(
-        description="95% bootstrap interval (same resamples as the mean difference), lower end"
+        description="95% Wilson score interval of wins (ties half) out of n_pairs, lower end; None with "
+        "fewer than 2 pairs"
     )
     prob_improvement_ci_high: float | None = Field(description="the same interval, upper end")
     wilcoxon_p: float | None = Field(
-        description="two-sided Wilcoxon signed-rank p-value of the differences (zero differences dropped, "
-        "tied |differences| given their average rank); None with fewer than 2 non-zero differences"
+        description="two-sided Wilcoxon signed-rank p-value over all pairs (differences on a grid of 1e-9 of "
+        "the largest; zero differences and pairs where both diverged dropped; ties given their average rank; "
+        "a pair one side diverged ranks above every finite difference); None with fewer than 2 non-zero"
     )
     wilcoxon_method: Literal["exact", "normal"] | None = Field(
-        description="how wilcoxon_p was computed: 'exact' with at most 50 non-zero differences (the exact "
-        "null distribution over all 2**n sign patterns, given the ranks: with ties or zeros, the exhaustive "
-        "permutation test); 'normal' above 50 (normal approximation, variance corrected for ties, no "
-        "continuity correction); None when wilcoxon_p is None"
+        description="'exact' with at most 50 non-zero differences (the exact null distribution over all 2**n "
+        "sign patterns, given the ranks); 'normal' above (normal approximation, variance corrected for ties, "
+        "no continuity correction); None when wilcoxon_p is None"
+    )
+    wilcoxon_min_p: float | None = Field(
+        description="the smallest p-value the test could give with these pairs (exact: 2 / 2**n for n "
+        "non-zero differences: 0.0625 with 5); a p-value can be no stronger than this"
+    )
+    wilcoxon_p_holm: float | None = Field(
+        description="wilcoxon_p adjusted by Holm's step-down method over the study's comparisons (equal to "
+        "wilcoxon_p when there is one comparison)"
     )
     success_rate_difference: float | None = Field(
-        description="overall success rate, variant - baseline (diverged runs count as failures)"
+        description="success rate over the pairs both ran, variant - baseline (a diverged run is a failure); "
+        "paired, so learning rates only one variant ran do not enter"
     )
 
 
@@ -168,8 +210,6 @@ class RobustnessSummary(_Schema):
     higher_is_better: bool = Field(description="direction of the metric (accuracy: true; loss, mse: false)")
     baseline: str = Field(description="variant the others are compared to")
     robust_level: float = Field(description="success rate a learning rate needs to count as robust")
-    n_boot: int = Field(description="bootstrap resamples per comparison")
-    seed: int = Field(description="seed of the bootstrap (numpy default_rng); same seed, same summary")
     cells_total: int = Field(description="trials in the study grid")
     done: int = Field(description="trials in state done (diverged runs included)")
     failed: int = Field(description="trials in state failed")
@@ -181,6 +221,15 @@ class RobustnessSummary(_Schema):
     )
     variants: list[VariantSummary] = Field(description="per variant, in order of first appearance")
     comparisons: list[Comparison] = Field(description="each non-baseline variant against the baseline")
+    seeds_for_confident_robustness: int | None = Field(
+        description="the fewest seeds at which a learning rate can be robust with confidence: n successes "
+        "out of n whose Wilson 95% lower bound reaches robust_level (16 for 0.8); None if no n can"
+    )
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="what the numbers cannot support at this study's size, in words (few seeds, no "
+        "interval, the smallest reachable p-value, several comparisons)",
+    )
     transfer: list[TransferStats] = Field(
         default_factory=list,
         description="copying with transfer_T: accuracy at the other delays per variant, lr and delay, of the "

@@ -6,8 +6,9 @@ import math
 from statistics import NormalDist
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for `successes` out of `n` trials (n >= 1), two-sided.
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for `successes` out of `n` trials (n >= 1), two-sided; `successes` may be
+    fractional (wins with ties counted half).
 
     Unlike the normal (Wald) interval it stays inside [0, 1] and does not collapse at 0 or n
     successes, which matters with the handful of seeds a learning rate gets.

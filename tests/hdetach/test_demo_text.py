@@ -39,9 +39,12 @@ def _summary(vanilla: list[int], hdetach: list[int], robust: dict[str, tuple[flo
                 "mean_difference_ci_low": 0.00188,
                 "mean_difference_ci_high": 0.104,
                 "prob_improvement": 0.67,
+                "prob_improvement_ci_low": 0.39,
+                "prob_improvement_ci_high": 0.86,
                 "wilcoxon_p": 0.359,
             }
         ],
+        "caveats": ["3 seeds per learning rate: robustness at a success rate of 0.8 cannot be claimed"],
     }
 
 
@@ -55,7 +58,10 @@ def test_the_lines_follow_the_runs_numbers():
     assert "  h-detach: lr 0.01: 3/3, lr 0.03: 3/3, lr 0.1: 2/3; robust lr range: 0.01–0.03" in lines
     (paired,) = [line for line in lines if line.startswith("paired comparison")]
     assert "9 pairs (positive = h-detach lower mse)" in paired
-    assert "mean difference +0.0544" in paired and "P(better) 0.67" in paired and "Wilcoxon p 0.359" in paired
+    assert "mean difference +0.0544" in paired and "P(better) 0.67 [95% CI 0.39, 0.86]" in paired
+    assert "Wilcoxon p 0.359" in paired
+    at = lines.index("what these numbers can support:")
+    assert lines[at + 1].startswith("  3 seeds per learning rate: robustness at a success rate of 0.8")
     text = " ".join(lines)
     assert "at lr 0.1 vanilla succeeded on 0 of 3 seeds and h-detach on 2 of 3" in text
     assert "at lr 0.01 (3 of 3 each) and 0.03 (3 of 3 each) they did equally well" in text

@@ -83,7 +83,7 @@ def make_curves(rows: Sequence[TrialRow]) -> dict[int, list[CurvePoint]]:
 def study(shift: float = 0.0, done: int | None = None, **spec_kw) -> Study:
     spec = make_spec(**spec_kw)
     rows = make_rows(spec, shift=shift, done=done)
-    return spec, rows, make_curves(rows), study_summary(spec, rows, n_boot=200)
+    return spec, rows, make_curves(rows), study_summary(spec, rows)
 
 
 CASES: dict[str, dict] = {
@@ -198,7 +198,10 @@ def test_report_is_one_html_page_with_every_variant_and_plot():
         assert f'src="{plot_url(name, "svg")}"' in page
         assert f'href="{plot_url(name, "png")}"' in page
     assert "http://" not in page and "https://" not in page  # self-contained
-    assert "treat diverged runs as failures" in page
+    assert "A diverged run is the worst outcome" in page
+    assert "What these numbers can support" in page  # 3 seeds per lr: the caveats are listed
+    for caveat in study()[3].caveats:
+        assert html.escape(caveat) in page
 
 
 def test_report_lists_one_row_per_trial_and_the_completeness():

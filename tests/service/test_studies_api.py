@@ -64,7 +64,7 @@ def test_submit_run_and_read_a_study_end_to_end(server):
     assert [v["name"] for v in summary["variants"]] == ["vanilla", "h-detach"]
     assert [lr["lr"] for lr in summary["variants"][0]["lrs"]] == [0.003, 0.03]
     assert summary["comparisons"][0]["variant"] == "h-detach" and summary["comparisons"][0]["n_pairs"] == 4
-    assert api.get(f"/studies/{study_id}/summary").json() == summary  # seeded bootstrap: reproducible
+    assert api.get(f"/studies/{study_id}/summary").json() == summary  # deterministic: the same summary
 
     report = api.get(f"/studies/{study_id}/report")
     assert report.status_code == 200 and "text/html" in report.headers["content-type"]

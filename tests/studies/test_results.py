@@ -82,7 +82,7 @@ def test_rows_carry_both_and_the_metric_of_the_chosen_model_with_its_label():
 def test_summary_uses_the_chosen_metric_and_still_counts_divergence(selection, expected):
     spec = StudySpec.model_validate({**SPEC, "selection": selection})
     rows = [trial_row(job, "accuracy", spec.selection) for job in _jobs()]
-    summary = study_summary(spec, rows, n_boot=50)
+    summary = study_summary(spec, rows)
     by_variant = {v.name: v for v in summary.variants}
     assert by_variant["h-detach"].lrs[0].mean == pytest.approx(expected)
     vanilla = by_variant["vanilla"].lrs[0]
@@ -97,13 +97,13 @@ def test_summary_uses_the_chosen_metric_and_still_counts_divergence(selection, e
 def test_report_says_which_model_the_metric_comes_from():
     spec = StudySpec.model_validate({**SPEC, "selection": "best_val"})
     rows = [trial_row(job, "accuracy", spec.selection) for job in _jobs()]
-    page = render_report(1, "s", "done", spec, rows, study_summary(spec, rows, n_boot=50), lambda n, f: "")
+    page = render_report(1, "s", "done", spec, rows, study_summary(spec, rows), lambda n, f: "")
     assert "metric from" in page and "test at best validation (step 200)" in page
     assert "best validation: each trial&#x27;s metric is the test value" in page
     final_spec = StudySpec.model_validate(SPEC)
     rows = [trial_row(job, "accuracy") for job in _jobs()]
     page = render_report(
-        1, "s", "done", final_spec, rows, study_summary(final_spec, rows, n_boot=50), lambda n, f: ""
+        1, "s", "done", final_spec, rows, study_summary(final_spec, rows), lambda n, f: ""
     )
     assert "final: each trial&#x27;s metric is the final model&#x27;s test value" in page
 

@@ -26,7 +26,7 @@ from studies.robustness import (
     summarize,
     wilson_interval,
 )
-from studies.robustness._paired import wilcoxon_signed_rank
+from studies.robustness._paired import rank_scores, wilcoxon_signed_rank
 
 P_DETACH = {"vanilla": 0.0, "h-detach": 0.5, "h-detach-25": 0.25}
 
@@ -215,6 +215,13 @@ def tied_differences(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.round(rng.normal(0.01, 0.03, n), 2)
 
 
+def signed_rank(d) -> tuple[float, str, float] | None:
+    """The rank test on plain differences (no divergence)."""
+    d = np.asarray(d, dtype=float)
+    none = np.zeros(d.size, dtype=bool)
+    return wilcoxon_signed_rank(rank_scores(d, none, none))
+
+
 @pytest.mark.parametrize("n", range(2, 14))
 def test_wilcoxon_with_ties_or_zeros_is_scipys_exhaustive_permutation_test(n):
     # scipy's method="auto" runs an exhaustive permutation test here (2**n evaluations)
@@ -224,9 +231,10 @@ def test_wilcoxon_with_ties_or_zeros_is_scipys_exhaustive_permutation_test(n):
         d = tied_differences(rng, n)
         if np.count_nonzero(d) < 2:
             continue
-        p, method = wilcoxon_signed_rank(d)
-        assert method == "exact"
-        assert p == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+        result = signed_rank(d)
+        assert result is not None and result[1] == "exact"
+        assert result[0] == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+        assert result[2] == 2 / 2 ** np.count_nonzero(d)  # all signs alike
         checked += 1
     assert checked
 
@@ -235,13 +243,13 @@ def test_wilcoxon_with_ties_beyond_scipys_permutation_limit_is_still_exact():
     d = tied_differences(np.random.default_rng(14), 14)
     assert len(np.unique(np.abs(d))) < 14  # ties
     exhaustive = stats.wilcoxon(d, method=stats.PermutationMethod(n_resamples=np.inf)).pvalue
-    assert wilcoxon_signed_rank(d) == (pytest.approx(exhaustive, rel=1e-12), "exact")
+    assert signed_rank(d)[:2] == (pytest.approx(exhaustive, rel=1e-12), "exact")  # type: ignore[index]
 
 
 @pytest.mark.parametrize("n", [2, 7, 20, 50])
 def test_wilcoxon_without_ties_is_scipys_exact_test(n):
     d = np.random.default_rng(n).normal(0.01, 0.03, n)
-    assert wilcoxon_signed_rank(d) == (
+    assert signed_rank(d)[:2] == (  # type: ignore[index]
         pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-12),
         "exact",
     )
@@ -253,60 +261,96 @@ def test_wilcoxon_above_50_pairs_is_the_tie_corrected_normal_approximation(n):
     d = np.r_[0.0, d[d != 0][:n]]  # n non-zero differences and a zero (dropped)
     assert np.count_nonzero(d) == n
     reference = stats.wilcoxon(d, method="asymptotic", correction=False).pvalue
-    assert wilcoxon_signed_rank(d) == (pytest.approx(reference, rel=1e-12), "normal")
+    p, method, smallest = signed_rank(d)  # type: ignore[misc]
+    assert (p, method) == (pytest.approx(reference, rel=1e-12), "normal")
+    all_positive = stats.wilcoxon(np.abs(d), method="asymptotic", correction=False).pvalue
+    assert smallest == pytest.approx(all_positive, rel=1e-9)
 
 
-def test_comparison_with_13_tied_pairs_is_fast():
-    # scipy's exhaustive permutation test took about 1 s here, in every summary, report and plot
-    metrics = [0.5, 0.6, 0.6, 0.7, 0.7, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 1.0]
-    base = grid("vanilla", {1e-3: [0.5] * 13})
-    variant = grid("h-detach", {1e-3: metrics})
+def test_differences_equal_but_for_rounding_are_ties():
+    # 0.3 - 0.2 and 0.1 are not equal in floating point; ranked apart, the p-value would depend on it
+    d = np.array([0.3 - 0.2, 0.1, 0.1, -0.2, 0.4])
+    assert d[0] != d[1]
+    assert signed_rank(d)[0] == pytest.approx(stats.wilcoxon(np.round(d, 12)).pvalue, rel=1e-12)  # type: ignore[index]
+
+
+def test_the_rank_test_says_how_small_a_p_these_pairs_allow():
+    (c,) = paired_study().comparisons  # 5 non-zero differences
+    assert c.wilcoxon_min_p == 2 / 2**5 == 0.0625
+    assert any("cannot give a p-value below 0.0625" in line for line in paired_study().caveats)
+
+
+@pytest.mark.parametrize("pairs", [13, 50, 200])
+def test_comparison_is_fast_at_every_size(pairs):
+    # scipy's exhaustive permutation test took about 1 s at 13 tied pairs, in every summary and report
+    metrics = list(np.round(np.random.default_rng(pairs).uniform(0.5, 1.0, pairs), 1))
+    outcomes = grid("vanilla", {1e-3: [0.5] * pairs}) + grid("h-detach", {1e-3: metrics})
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        (c,) = acc(base + variant, n_boot=100).comparisons
+        (c,) = acc(outcomes).comparisons
         times.append(time.perf_counter() - started)
-    assert (c.n_pairs, c.wilcoxon_method) == (13, "exact")
-    assert c.wilcoxon_p == pytest.approx(stats.wilcoxon(np.array(metrics) - 0.5).pvalue, rel=1e-12)
-    assert min(times) < 0.05  # about 1 ms; the margin is for a busy machine
+    assert c.wilcoxon_method == ("exact" if pairs <= 50 else "normal")
+    if pairs != 50:  # scipy has no exact test with ties at 50 pairs
+        reference = stats.wilcoxon(np.array(metrics) - 0.5, correction=False)
+        assert c.wilcoxon_p == pytest.approx(reference.pvalue, rel=1e-9)
+    assert min(times) < 0.05  # a few ms; the margin is for a busy machine
 
 
-def test_bootstrap_intervals_hold_the_estimate_and_follow_the_seed():
-    (c,) = paired_study(seed=3).comparisons
-    assert c.mean_difference is not None and c.prob_improvement is not None
-    assert c.mean_difference_ci_low is not None and c.mean_difference_ci_high is not None
-    assert c.mean_difference_ci_low <= c.mean_difference <= c.mean_difference_ci_high
-    assert c.mean_difference_ci_low < c.mean_difference_ci_high
-    assert c.prob_improvement_ci_low is not None and c.prob_improvement_ci_high is not None
-    assert c.prob_improvement_ci_low <= c.prob_improvement <= c.prob_improvement_ci_high
-    assert paired_study(seed=3) == paired_study(seed=3)
-    other = paired_study(seed=4).comparisons[0]
-    assert (other.mean_difference_ci_low, other.mean_difference_ci_high) != (
-        c.mean_difference_ci_low,
-        c.mean_difference_ci_high,
+def wilson(k: float, n: int) -> tuple[float, float]:
+    """The Wilson score interval, written out (z from scipy)."""
+    z = stats.norm.ppf(0.975)
+    centre, half = (k + z * z / 2) / (n + z * z), z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return centre - half, centre + half
+
+
+def test_mean_difference_has_a_t_interval_and_p_better_a_wilson_interval():
+    (c,) = paired_study().comparisons
+    half = stats.t.ppf(0.975, 5) * np.std(DIFFS, ddof=1) / math.sqrt(6)
+    assert c.mean_difference_ci_low == pytest.approx(DIFFS.mean() - half, abs=1e-12)
+    assert c.mean_difference_ci_high == pytest.approx(DIFFS.mean() + half, abs=1e-12)
+    assert (c.prob_improvement_ci_low, c.prob_improvement_ci_high) == pytest.approx(wilson(4.5, 6), abs=1e-12)
+    assert paired_study() == paired_study()  # no resampling: the same study, the same summary
+
+
+def test_learning_rates_with_one_pair_each_widen_the_interval():
+    # the issue's case: a stratified bootstrap gave (0.070, 0.073) and P(better) [0.667, 0.667]
+    base = grid("vanilla", {lr: [0.5] for lr in (1e-4, 1e-3, 1e-2, 1e-1)} | {3e-1: [0.5, 0.5]})
+    diffs = {1e-4: [-0.30], 1e-3: [0.50], 1e-2: [-0.20], 1e-1: [0.40], 3e-1: [0.01, 0.02]}
+    variant = grid("h-detach", {lr: [0.5 + d for d in ds] for lr, ds in diffs.items()})
+    (c,) = acc(base + variant).comparisons
+    flat = np.array([d for ds in diffs.values() for d in ds])
+    half = stats.t.ppf(0.975, 5) * np.std(flat, ddof=1) / math.sqrt(6)
+    assert c.mean_difference == pytest.approx(0.43 / 6, abs=1e-12)  # 0.072
+    assert (c.mean_difference_ci_low, c.mean_difference_ci_high) == pytest.approx(
+        (0.43 / 6 - half, 0.43 / 6 + half)
     )
+    assert c.mean_difference_ci_low < -0.2 and c.mean_difference_ci_high > 0.35
+    assert c.prob_improvement == pytest.approx(4 / 6)
+    assert (c.prob_improvement_ci_low, c.prob_improvement_ci_high) == pytest.approx(wilson(4, 6), abs=1e-12)
 
 
-def test_bootstrap_keeps_each_lr_stratum_size():
-    # every pair at 1e-3 differs by +0.2, every pair at 1e-2 by -0.2: a stratified resample
-    # always has mean 0 and wins exactly half; an unstratified one would not
+def test_learning_rates_are_pooled_so_opposite_effects_give_a_wide_interval():
+    # +0.2 at one lr, -0.2 at the other: the interval spans both, it does not collapse to 0
     base = grid("vanilla", {1e-3: [0.5] * 4, 1e-2: [0.5] * 4})
     variant = grid("h-detach", {1e-3: [0.7] * 4, 1e-2: [0.3] * 4})
     (c,) = acc(base + variant).comparisons
-    assert c.mean_difference_ci_low == pytest.approx(0.0, abs=1e-12)
-    assert c.mean_difference_ci_high == pytest.approx(0.0, abs=1e-12)
-    assert (c.prob_improvement_ci_low, c.prob_improvement_ci_high) == (0.5, 0.5)
+    half = stats.t.ppf(0.975, 7) * np.std([0.2] * 4 + [-0.2] * 4, ddof=1) / math.sqrt(8)
+    assert c.mean_difference == pytest.approx(0.0, abs=1e-12)
+    assert (c.mean_difference_ci_low, c.mean_difference_ci_high) == pytest.approx((-half, half), abs=1e-12)
+    assert (c.prob_improvement_ci_low, c.prob_improvement_ci_high) == pytest.approx(wilson(4, 8), abs=1e-12)
 
 
-def test_comparison_without_resampling_room_or_pairs():
-    one_seed = acc(grid("vanilla", {1e-3: [0.8], 1e-2: [0.7]}) + grid("h-detach", {1e-3: [0.9], 1e-2: [0.9]}))
-    (c,) = one_seed.comparisons
-    assert c.n_pairs == 2 and c.mean_difference == pytest.approx(0.15, abs=1e-12)
-    assert c.mean_difference_ci_low is None and c.prob_improvement_ci_high is None  # one pair per lr
+def test_comparison_without_pairs_enough_for_an_interval():
+    one_pair = acc(grid("vanilla", {1e-3: [0.8]}) + grid("h-detach", {1e-3: [0.9]}))
+    (c,) = one_pair.comparisons
+    assert c.n_pairs == 1 and c.mean_difference == pytest.approx(0.1, abs=1e-12)
+    assert c.mean_difference_ci_low is None and c.prob_improvement_ci_high is None
+    assert any("no interval for the mean difference" in line for line in one_pair.caveats)
     disjoint = acc(grid("vanilla", {1e-3: [0.8]}) + grid("h-detach", {1e-2: [0.9]}))
     (d,) = disjoint.comparisons
     assert d.n_pairs == 0 and d.mean_difference is None and d.prob_improvement is None
-    assert d.wilcoxon_p is None
+    assert d.wilcoxon_p is None and d.success_rate_difference is None
 
 
 def test_wilcoxon_needs_two_nonzero_differences():
@@ -314,6 +358,7 @@ def test_wilcoxon_needs_two_nonzero_differences():
         grid("vanilla", {1e-3: [0.8, 0.8, 0.8]}) + grid("h-detach", {1e-3: [0.9, 0.8, 0.8]})
     ).comparisons
     assert c.n_pairs == 3 and c.wilcoxon_p is None and c.wilcoxon_method is None
+    assert c.wilcoxon_min_p is None and c.wilcoxon_p_holm is None
 
 
 def test_baseline_defaults_to_first_variant_and_can_be_chosen():
@@ -350,7 +395,8 @@ def test_lower_is_better_flips_every_direction():
     assert c.mean_difference == pytest.approx(0.59 / 6, abs=1e-12)
     assert c.prob_improvement == pytest.approx(4.5 / 6, abs=1e-12)
     diffs = np.array([0.20, 0.30, 0.25, 0.05, 0.08, 0.50]) - np.array([0.10, 0.30, 0.20, 0.04, 0.09, 0.06])
-    assert c.wilcoxon_p == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-12)
+    # 0.05 - 0.04 and 0.09 - 0.08 differ only by rounding: equal magnitudes, tied ranks
+    assert c.wilcoxon_p == pytest.approx(stats.wilcoxon(np.round(diffs, 12)).pvalue, rel=1e-12)
 
 
 # --- diverged, failed and unfinished trials ------------------------------------------------------
@@ -375,20 +421,107 @@ def test_diverged_runs_are_failures_without_a_metric_and_failed_trials_only_coun
     assert summary.variants[0].diverged == 3 and summary.variants[0].failed == 1
 
 
-def test_diverged_pairs_are_left_out_of_the_paired_statistics_but_counted():
-    base = grid("vanilla", {1e-3: [0.8, 0.8, 0.8, 0.8]})
+def test_a_divergence_is_a_loss_in_its_pair_and_the_mean_difference_leaves_it_out():
+    base = grid("vanilla", {1e-3: [0.8, 0.8, 0.8, 0.8, 0.8]})
     variant = [
         trial("h-detach", seed=0, metric=0.9),
-        trial("h-detach", seed=1, metric=0.9),
-        trial("h-detach", seed=2, metric=None, diverged=True),
-        trial("h-detach", seed=3, metric=0.1, state="failed"),
+        trial("h-detach", seed=1, metric=0.9),  # the baseline diverged: a win
+        trial("h-detach", seed=2, metric=None, diverged=True),  # a loss
+        trial("h-detach", seed=3, metric=0.1, state="failed"),  # not run: no pair
+        trial("h-detach", seed=4, metric=None, diverged=True),  # both diverged: a tie
     ]
     base[1] = trial(seed=1, metric=None, diverged=True)
-    (c,) = acc(base + variant, threshold=0.75).comparisons
-    assert (c.n_pairs, c.pairs_excluded) == (1, 2)
-    assert (c.only_variant_diverged, c.only_baseline_diverged) == (1, 1)
-    assert c.mean_difference == pytest.approx(0.1, abs=1e-12)
-    assert c.success_rate_difference == pytest.approx(2 / 3 - 3 / 4, abs=1e-12)
+    base[4] = trial(seed=4, metric=None, diverged=True)
+    summary = acc(base + variant, threshold=0.75)
+    (c,) = summary.comparisons
+    assert (c.n_pairs, c.n_value_pairs, c.pairs_with_divergence, c.pairs_excluded) == (4, 1, 3, 0)
+    assert (c.only_variant_diverged, c.only_baseline_diverged, c.both_diverged) == (1, 1, 1)
+    assert c.mean_difference == pytest.approx(0.1, abs=1e-12) and c.mean_difference_ci_low is None
+    assert c.prob_improvement == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    # successes over the 4 pairs: variant 1, 1, 0, 0; baseline 1, 0, 1, 0
+    assert c.success_rate_difference == pytest.approx(0.0, abs=1e-12)
+    # ranks: the finite difference 1, the two decided by a divergence tied above it; the tie is dropped
+    assert c.wilcoxon_p == pytest.approx(stats.wilcoxon([0.1, 5.0, -5.0]).pvalue, rel=1e-12)
+    assert any("3 of 4 pairs involve a divergence" in line for line in summary.caveats)
+
+
+def test_a_variant_that_diverges_more_is_not_judged_on_its_lucky_runs():
+    base = grid("vanilla", {1e-2: [0.80] * 6})
+    variant = [trial("h-detach", lr=1e-2, seed=s, metric=0.95) for s in (0, 1)] + [
+        trial("h-detach", lr=1e-2, seed=s, metric=None, diverged=True) for s in (2, 3, 4, 5)
+    ]
+    (c,) = acc(base + variant).comparisons
+    assert c.mean_difference == pytest.approx(0.15)  # the survivors look better...
+    assert c.prob_improvement == pytest.approx(2 / 6)  # ...but it loses four of six pairs
+    assert c.success_rate_difference == pytest.approx(2 / 6 - 0.0)
+
+
+def test_the_success_rate_difference_is_paired():
+    # the issue's case: unpaired rates read 0.0; on the lr both ran the variant is 0.5 worse
+    base = grid("vanilla", {1e-3: [0.9] * 4, 1e-1: [0.1] * 4})
+    variant = grid("h-detach", {1e-3: [0.9, 0.9, 0.1, 0.1]})
+    (c,) = acc(base + variant).comparisons
+    assert c.n_pairs == 4 and c.success_rate_difference == pytest.approx(-0.5)
+
+
+def test_the_best_lr_is_chosen_by_success_first_and_a_diverged_seed_is_the_worst():
+    # the issue's case: at 1e-2 one seed reached 0.99 and four diverged
+    outcomes = [*grid("vanilla", {1e-3: [0.90] * 5}), trial(lr=1e-2, seed=0, metric=0.99)]
+    outcomes += [trial(lr=1e-2, seed=s, metric=None, diverged=True) for s in range(1, 5)]
+    v = acc(outcomes).variants[0]
+    assert v.best_lr == 1e-3 and v.best_mean == pytest.approx(0.9)
+    high = v.lrs[1]
+    assert high.worst is None and high.worst_diverged and high.mean == 0.99
+    # the expected best keeps 1e-2, its diverged runs at the study's worst value (0.9)
+    assert v.expected_max_k == pytest.approx(expected_max(np.array([0.90, (0.99 + 4 * 0.90) / 5])))
+    only = acc([*grid("vanilla", {0.001: [0.99, 0.7]}), trial(lr=0.001, seed=2, metric=None, diverged=True)])
+    w = only.variants[0]
+    assert w.worst_seed_at_best_lr == SeedValue(seed=2, value=None, diverged=True)
+    spread = w.seed_spread_at_best_lr
+    assert spread is not None and (spread.max_minus_min, spread.diverged) == (None, 1)
+    assert spread.std == pytest.approx(np.std([0.99, 0.7], ddof=1))
+
+
+def test_a_learning_rate_where_every_run_diverged_stays_in_the_expected_best_as_the_worst():
+    outcomes = grid("vanilla", {1e-3: [0.6, 0.8]}) + [
+        trial(lr=1e-1, seed=s, metric=None, diverged=True) for s in (0, 1)
+    ]
+    v = acc(outcomes).variants[0]
+    assert v.expected_max_k == pytest.approx(expected_max(np.array([0.7, 0.6])))  # floor: 0.6
+    assert v.expected_max_k[0] < 0.7  # dropping the lr would have claimed 0.7
+
+
+def test_robust_with_confidence_needs_the_wilson_lower_bound_and_enough_seeds():
+    summary = acc(rates_grid({1e-4: (2, 2), 1e-3: (4, 4), 1e-2: (16, 16), 1e-1: (15, 15)}), threshold=0.5)
+    v = summary.variants[0]
+    assert v.robust_lrs == [1e-4, 1e-3, 1e-2, 1e-1]
+    assert v.confidently_robust_lrs == [1e-2]  # 16/16: lower bound 0.806; 15/15: 0.796
+    assert (v.confidently_robust_lr_low, v.confidently_robust_lr_high) == (1e-2, 1e-2)
+    assert wilson_interval(16, 16)[0] >= 0.8 > wilson_interval(15, 15)[0]
+    assert summary.seeds_for_confident_robustness == 16
+    assert (
+        acc(rates_grid({1e-3: (2, 2)}), threshold=0.5, robust_level=1.0).seeds_for_confident_robustness
+        is None
+    )
+    few = acc(rates_grid({1e-3: (3, 3)}), threshold=0.5)
+    assert few.caveats[0].startswith("3 seeds per learning rate") and "fewer than 16 seeds" in few.caveats[0]
+
+
+def test_several_variants_get_holm_adjusted_p_values():
+    outcomes = (
+        grid("vanilla", BASE)
+        + grid("h-detach", VARIANT)
+        + grid("h-detach-25", BASE | {1e-3: [0.9, 0.85, 0.95]})
+    )
+    summary = acc(outcomes)
+    raw = [c.wilcoxon_p for c in summary.comparisons]
+    assert all(p is not None for p in raw)
+    low, high = sorted(raw)  # type: ignore[type-var]
+    expected = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+    assert [c.wilcoxon_p_holm for c in summary.comparisons] == pytest.approx([expected[p] for p in raw])
+    assert any("Holm-adjusted" in line for line in summary.caveats)
+    (single,) = paired_study().comparisons
+    assert single.wilcoxon_p_holm == single.wilcoxon_p
 
 
 def test_partial_study_reports_completeness():
