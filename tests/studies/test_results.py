@@ -102,9 +102,7 @@ def test_report_says_which_model_the_metric_comes_from():
     assert "best validation: each trial&#x27;s metric is the test value" in page
     final_spec = StudySpec.model_validate(SPEC)
     rows = [trial_row(job, "accuracy") for job in _jobs()]
-    page = render_report(
-        1, "s", "done", final_spec, rows, study_summary(final_spec, rows), lambda n, f: ""
-    )
+    page = render_report(1, "s", "done", final_spec, rows, study_summary(final_spec, rows), lambda n, f: "")
     assert "final: each trial&#x27;s metric is the final model&#x27;s test value" in page
 
 
