@@ -1,14 +1,17 @@
 """Robustness summary of a study: how each variant's training holds up across learning rates and seeds.
 
 `summarize` turns a study's trial rows (`TrialOutcome`) into a `RobustnessSummary`: per variant and
-learning rate, metric statistics and success rates (Wilson intervals); per variant, the best lr, the
-robust lr range, the success AUC and the expected best metric for k random lrs (Dodge et al. 2019);
-per non-baseline variant, a comparison paired on (lr, seed) with stratified bootstrap intervals and
-a Wilcoxon test.
+learning rate, metric statistics (t-intervals of the mean) and success rates (Wilson intervals);
+per variant, the best lr, the robust lr ranges (on the point estimate and with confidence), the
+success AUC and the expected best metric for k random lrs (Dodge et al. 2019); per non-baseline
+variant, a comparison paired on (lr, seed) with a t-interval of the mean difference, a Wilson
+interval of P(better), a Wilcoxon test (Holm-adjusted over several variants); and `caveats`, what
+the numbers cannot support at the study's size.
 
-Diverged runs count as runs and as failures in every success rate, but have no metric value: metric
-statistics and paired comparisons are over runs that did not diverge. Failed trials only appear in
-the counts. Pure numpy/scipy: no torch.
+A diverged run is the worst outcome, not a missing one: a failure in every success rate, the worst
+seed of its lr, and a loss in its pair; it has no value in means and the mean difference (the rule,
+once: `studies.robustness._outcome`). Failed trials only appear in the counts. Pure numpy/scipy:
+no torch.
 """
 
 from studies.robustness._curves import expected_max

@@ -18,6 +18,10 @@ def seeds_for_confident_robustness(level: float) -> int | None:
     return None  # a lower bound below 1 never reaches a level of 1
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def caveats(
     variants: Sequence[VariantSummary],
     comparisons: Sequence[Comparison],
@@ -28,11 +32,8 @@ def caveats(
     said: list[str] = []
     if seeds:
         most = max(seeds)
-        per_lr = (
-            f"{most} seeds per learning rate"
-            if min(seeds) == most
-            else f"at most {most} seeds per learning rate"
-        )
+        per_lr = f"{_count(most, 'seed')} per learning rate"
+        per_lr = per_lr if min(seeds) == most else "at most " + per_lr
         if seeds_needed is None:
             said.append(f"{per_lr}: a success rate of {robust_level:g} can never be claimed with confidence.")
         elif most < seeds_needed:
@@ -43,7 +44,7 @@ def caveats(
     for c in comparisons:
         who = f"{c.variant} vs {c.baseline}"
         if c.n_pairs and c.n_pairs < 10:
-            said.append(f"{who}: {c.n_pairs} pairs, so the intervals are wide.")
+            said.append(f"{who}: {_count(c.n_pairs, 'pair')}, so the intervals are wide.")
         if c.n_value_pairs < 2:
             said.append(
                 f"{who}: fewer than 2 pairs where neither diverged: no interval for the mean difference."
@@ -57,9 +58,9 @@ def caveats(
             )
         if c.pairs_with_divergence:
             said.append(
-                f"{who}: {c.pairs_with_divergence} of {c.n_pairs} pairs involve a divergence, counted as a "
-                "loss for the side that diverged in P(better), the rank test and the success difference; the "
-                "mean difference leaves them out."
+                f"{who}: {c.pairs_with_divergence} of {_count(c.n_pairs, 'pair')} involve a divergence, "
+                "counted as a loss for the side that diverged (a tie where both did) in P(better), the rank "
+                "test and the success difference; the mean difference leaves them out."
             )
     if len(comparisons) > 1:
         said.append(

@@ -3,11 +3,14 @@
 The rule for unusual trials, applied here once for every statistic downstream:
 
 - a trial *ran* when its state is "done";
-- a run *diverged* when its `diverged` flag is set or its metric is NaN/inf; it counts in the
+- a run *diverged* when its `diverged` flag is set or its metric is NaN, infinite or beyond
+  MAX_METRIC in magnitude (numerically blown up: its statistics would overflow); it counts in the
   runs and in `diverged`, as a failure in every success rate, and has no metric value, so it is
-  left out of the metric statistics (mean, median, std, worst/min/max, best LR, expected max,
-  seed spread) and out of the paired comparisons;
-- a run with no metric (None) is treated like a diverged one but not counted as diverged;
+  left out of the metric statistics (mean, median, std, min/max); as the worst possible outcome it
+  is its learning rate's worst seed, enters the expected best at the study's worst value, and
+  loses its pair (a tie if both sides diverged);
+- a run with no metric (None) that did not diverge counts as a run and a failure, and is left out
+  of every metric statistic and of the paired comparisons (`pairs_excluded`);
 - a *success* is a run whose metric is at least as good as the threshold (>= when higher is
   better, <= otherwise);
 - trials in state "failed" are counted as failed and left out of everything else; "cancelled",
@@ -25,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 TrialState = Literal["done", "failed", "cancelled", "queued", "running"]
+MAX_METRIC = 1e150  # a larger |metric| is a blown-up run (sums of such values would overflow)
 
 
 class TrialOutcome(BaseModel):
@@ -101,7 +105,8 @@ def read_trials(outcomes: Sequence[TrialOutcome], threshold: float, higher_is_be
 
     state = np.asarray(states)
     ran = state == "done"
-    finite = np.isfinite(metric)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(metric) & (np.abs(metric) <= MAX_METRIC)
     diverged = ran & (flagged | (has_metric & ~finite))
     value = np.where(ran & ~diverged & finite, metric, np.nan)
     sign = 1.0 if higher_is_better else -1.0

@@ -7,9 +7,10 @@ win probability, the rank test and the paired success difference are over all pa
 
 Intervals are built for the few seeds studies have (simulated coverage: benchmarks/bench_coverage.py):
 - mean difference: a t-interval over the pairs' differences, mean +- t(0.975, n-1) s / sqrt(n),
-  pooling the learning rates. Pooling adds the spread between learning rates to s, which can only
-  widen the interval; a percentile bootstrap stratified by lr (what this replaced) covered 73% at
-  3 lrs x 2 seeds because it has no small-sample correction and ignores lrs with a single pair.
+  pooling the learning rates: s includes the spread between learning rates, so the interval is
+  wider where the lrs' effects differ (and uses n-1 degrees of freedom, not n minus the number of
+  lrs). A percentile bootstrap stratified by lr (what this replaced) covered 73% at 3 lrs x 2
+  seeds: it has no small-sample correction and lrs with a single pair add no spread to it.
 - P(variant better): the Wilson score interval of wins (ties count half) out of the pairs.
 With fewer than two pairs there is no interval, and the summary's caveats say so.
 """
@@ -124,33 +125,35 @@ def compare(table: TrialTable, variant: int, baseline: int) -> Comparison:
     paired = np.array(pairs, dtype=np.int64).reshape(-1, 2)  # (P, 2): variant row, baseline row
     both_ran = table.ran[paired[:, 0]] & table.ran[paired[:, 1]]
     v_rows, b_rows = paired[both_ran, 0], paired[both_ran, 1]
+    # a side that reported no metric without diverging leaves its pair out of every statistic
+    missing = (np.isnan(table.value[v_rows]) & ~table.diverged[v_rows]) | (
+        np.isnan(table.value[b_rows]) & ~table.diverged[b_rows]
+    )
+    excluded = int(missing.sum())
+    v_rows, b_rows = v_rows[~missing], b_rows[~missing]
     v_div, b_div = table.diverged[v_rows], table.diverged[b_rows]
-    # positive = variant better, in either direction of the metric; NaN where a side has no value
-    diff = table.goodness_sign * (table.value[v_rows] - table.value[b_rows])
     lost, won = v_div & ~b_div, b_div & ~v_div
-    valued = ~np.isnan(diff)
-    # missing values that are not divergences (a run that reported no metric) leave the comparison
-    decided = valued | v_div | b_div
+    # positive = variant better, in either direction of the metric; NaN where a side diverged
+    diff = table.goodness_sign * (table.value[v_rows] - table.value[b_rows])
     score = np.where(
         won, 1.0, np.where(lost, 0.0, np.where(v_div & b_div, 0.5, (diff > 0) + 0.5 * (diff == 0)))
     )
-    score = score[decided]
-    n_pairs = int(decided.sum())
+    n_pairs = int(v_rows.size)
 
-    values = diff[valued]
+    values = diff[~np.isnan(diff)]
     mean_ci = t_interval(values)
     win_ci: tuple[float | None, float | None] = (None, None)
     if n_pairs >= 2:
         win_ci = wilson_interval(float(score.sum()), n_pairs, CONFIDENCE)
-    test = wilcoxon_signed_rank(rank_scores(diff[decided], lost[decided], won[decided]))
-    v_success, b_success = table.success[v_rows][decided], table.success[b_rows][decided]
+    test = wilcoxon_signed_rank(rank_scores(diff, lost, won))
+    v_success, b_success = table.success[v_rows], table.success[b_rows]
     return Comparison(
         variant=table.variants[variant],
         baseline=table.variants[baseline],
         n_pairs=n_pairs,
         n_value_pairs=int(values.size),
         pairs_with_divergence=int((v_div | b_div).sum()),
-        pairs_excluded=int((~decided).sum()),
+        pairs_excluded=excluded,
         only_variant_diverged=int(lost.sum()),
         only_baseline_diverged=int(won.sum()),
         both_diverged=int((v_div & b_div).sum()),

@@ -125,7 +125,8 @@ class VariantSummary(_Schema):
     expected_max_k: list[float] = Field(
         description="element k-1: expected best mean metric when k learning rates are drawn at random "
         "with replacement, k = 1..n, over the n learning rates that ran (Dodge et al. 2019, 'Show your "
-        "work'); a diverged run enters its lr's mean as the worst value any run of the study reached"
+        "work'); a diverged run enters its lr's mean as the worst value any run of the study reached; an "
+        "lr whose runs all reported no metric, or a study where no run has a value, leaves n smaller"
     )
 
 
@@ -137,8 +138,8 @@ class Comparison(_Schema):
     variant: str = Field(description="the compared variant")
     baseline: str = Field(description="the baseline variant")
     n_pairs: int = Field(
-        description="(lr, seed) pairs both ran, divergences included: the pairs of prob_improvement, the "
-        "rank test and success_rate_difference"
+        description="(lr, seed) pairs both ran, divergences included, pairs_excluded not: the pairs of "
+        "prob_improvement, the rank test and success_rate_difference"
     )
     n_value_pairs: int = Field(description="pairs where neither diverged: the pairs of mean_difference")
     pairs_with_divergence: int = Field(description="pairs where at least one side diverged")
@@ -154,7 +155,7 @@ class Comparison(_Schema):
     )
     mean_difference_ci_low: float | None = Field(
         description="95% t-interval over the value pairs, lower end: mean +- t(0.975, n-1) s/sqrt(n), "
-        "learning rates pooled (which can only widen it); None with fewer than 2 value pairs"
+        "learning rates pooled (s includes the spread between them); None with fewer than 2 value pairs"
     )
     mean_difference_ci_high: float | None = Field(description="the same interval, upper end")
     prob_improvement: float | None = Field(

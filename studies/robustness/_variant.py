@@ -104,8 +104,8 @@ def _best_lr(per_lr: list[LRStats], sign: float) -> int | None:
         return None
 
     def key(i: int) -> tuple[float, float]:
-        mean = per_lr[i].mean
-        return (per_lr[i].success_rate or 0.0, -math.inf if mean is None else sign * mean)
+        mean = per_lr[i].mean  # compared to 12 digits: means equal but for rounding are a tie
+        return (per_lr[i].success_rate or 0.0, -math.inf if mean is None else float(f"{sign * mean:.12g}"))
 
     return max(ran, key=lambda i: (key(i), -i))
 

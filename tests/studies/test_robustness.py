@@ -600,3 +600,28 @@ def test_importing_the_module_loads_neither_torch_nor_scipy_stats():
     code = "import sys, studies.robustness; print(sorted({'torch', 'scipy.stats'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_metric_too_large_to_average_is_a_blown_up_run():
+    outcomes = grid("vanilla", {1e-3: [1e308, 1.7e308]}) + grid("h-detach", {1e-3: [0.1, 0.2]})
+    summary = summarize(outcomes, "mse", 0.5, higher_is_better=False)
+    assert summary.variants[0].diverged == 2 and summary.variants[0].lrs[0].mean is None
+    assert summary.comparisons[0].only_baseline_diverged == 2
+
+
+def test_means_equal_but_for_rounding_tie_and_the_smaller_lr_wins():
+    v = acc(grid("vanilla", {1e-3: [0.3, 0.2, 0.1], 1e-2: [0.1, 0.2, 0.3]}), threshold=0.25).variants[0]
+    assert v.lrs[0].mean != v.lrs[1].mean  # 0.19999999999999998 and 0.20000000000000004
+    assert v.best_lr == 1e-3
+
+
+def test_a_run_without_a_metric_leaves_its_pair_out_even_against_a_divergence():
+    base = [trial(seed=0, metric=None, diverged=True), trial(seed=1, metric=0.8), trial(seed=2, metric=0.8)]
+    variant = [trial("h-detach", seed=0, metric=None), trial("h-detach", seed=1, metric=0.9)]
+    variant.append(trial("h-detach", seed=2, metric=0.7))
+    (c,) = acc(base + variant).comparisons
+    assert (c.n_pairs, c.pairs_excluded, c.only_baseline_diverged) == (2, 1, 0)
+    assert c.prob_improvement == 0.5
+    single = acc(grid("vanilla", {1e-3: [0.9]}) + grid("h-detach", {1e-3: [0.8]}))
+    assert any("1 pair, so" in line for line in single.caveats)
+    assert single.caveats[0].startswith("1 seed per learning rate")
