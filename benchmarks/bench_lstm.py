@@ -28,6 +28,7 @@ from torch import nn
 
 from studies import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm
 from studies.lstm._cpp import KERNEL_ENV
+from studies.lstm._kernel import TRITON_ENV
 from studies.packed import PackedAdam, PackedLinear, clip_grad_norm_per_model
 
 
@@ -80,24 +81,27 @@ def single_model_step(shape: Shape, kind: str, device: torch.device) -> Callable
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    if "(" in kind:  # ours with a given recurrence kernel
-        return with_kernel("cpp" if "C++" in kind else "python", step)
+    if kind in ("ours (C++)", "ours (python)"):  # the CPU recurrences
+        return with_kernel(KERNEL_ENV, "cpp" if "C++" in kind else "python", step)
+    if kind in ("ours (Triton)", "ours (no Triton)"):  # an accelerator's: fused step kernels or not
+        return with_kernel(TRITON_ENV, "on" if kind == "ours (Triton)" else "off", step)
     return step
 
 
-def with_kernel(choice: str, step: Callable[[], None]) -> Callable[[], None]:
-    """step run with HDETACH_LSTM_KERNEL set to choice (read at every forward)."""
+def with_kernel(variable: str, choice: str, step: Callable[[], None]) -> Callable[[], None]:
+    """step run with the environment variable (HDETACH_LSTM_KERNEL, HDETACH_TRITON: read at every
+    forward) set to choice."""
 
     def run() -> None:
-        before = os.environ.get(KERNEL_ENV)
-        os.environ[KERNEL_ENV] = choice
+        before = os.environ.get(variable)
+        os.environ[variable] = choice
         try:
             step()
         finally:
             if before is None:
-                del os.environ[KERNEL_ENV]
+                del os.environ[variable]
             else:
-                os.environ[KERNEL_ENV] = before
+                os.environ[variable] = before
 
     return run
 
@@ -157,7 +161,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for shape in (s for s in SHAPES if s.name in args.shapes):
-        ours = ("ours (C++)", "ours (python)") if device.type == "cpu" else ("ours",)
+        ours = (
+            ("ours (C++)", "ours (python)") if device.type == "cpu" else ("ours (Triton)", "ours (no Triton)")
+        )
         steps: dict[str, Callable[[], None]] = {
             kind: single_model_step(shape, kind, device) for kind in ("nn.LSTM", "detach loop", *ours)
         }

@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/gpu/check.sh OUT_DIR
 #
-# It runs the `cuda` tests, bench_lstm on the GPU (cuDNN nn.LSTM vanilla, ours at p=0.5, packs of
-# 1, 8 and 32, at the copying T=100, T=300 and pixel MNIST shapes), one pack on the GPU against the
+# It runs the `cuda` tests and the Triton kernels' tests (compiled, on the GPU), bench_lstm on the
+# GPU (cuDNN nn.LSTM vanilla, ours at p=0.5 with and without the Triton step kernels, packs of 1, 8 and 32, at the copying T=100, T=300 and pixel MNIST shapes), one pack on the GPU against the
 # CPU, and a 40-trial copying grid through the real worker on cuda:0 (SQLite), packed and one at a
 # time. Every step runs even if one before it failed; the exit status says whether all passed.
 #
@@ -51,8 +51,8 @@ PY
 cat "$out/environment.json"
 
 step cuda tests
-timeout 180 $py -m pytest -q -p no:cacheprovider -m cuda -W ignore::DeprecationWarning \
-  tests/studies/test_cuda.py 2>&1 | tee "$out/cuda_tests.log"
+timeout 180 $py -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+  tests/studies/test_cuda.py tests/studies/test_lstm_triton.py 2>&1 | tee "$out/cuda_tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step bench_lstm

@@ -20,6 +20,9 @@ taken on accelerators.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from typing import Any
 
 import torch
@@ -28,6 +31,10 @@ from torch.autograd.function import once_differentiable
 from studies.lstm._cpp import compiled_ops, uses_cpp
 
 Tensor = torch.Tensor
+log = logging.getLogger(__name__)
+
+TRITON_ENV = "HDETACH_TRITON"  # auto | on | off: see studies.lstm._triton
+TRITON_CHOICES = ("auto", "on", "off")
 
 
 def to_internal_order(w: Tensor, hidden_size: int) -> Tensor:
@@ -139,6 +146,73 @@ def backward_recurrence(
     return d_pre, grad_h0, dc_carry
 
 
+def triton_choice() -> str:
+    choice = os.environ.get(TRITON_ENV, "auto").strip().lower() or "auto"
+    if choice not in TRITON_CHOICES:
+        raise ValueError(f"{TRITON_ENV}={choice!r}: expected one of {', '.join(TRITON_CHOICES)}")
+    return choice
+
+
+def uses_triton(x: Tensor) -> bool:
+    """Whether the recurrences of `x`'s layer run the Triton kernels: HDETACH_TRITON=on always
+    (an error if they fail their check), "auto" on CUDA tensors once the kernels pass their check
+    on that device and dtype (else one warning and the Python recurrence), "off" never."""
+    choice = triton_choice()
+    if choice == "off" or (choice == "auto" and x.device.type != "cuda"):
+        return False
+    ready, why = _triton_ready(x.device, x.dtype)
+    if not ready and choice == "on":
+        raise RuntimeError(f"{TRITON_ENV}=on, but the Triton kernels cannot be used: {why}")
+    return ready
+
+
+@functools.cache
+def _triton_ready(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Run the kernels once at a small shape against the Python recurrence (float32: 1e-5,
+    float64: 1e-10, relative to the values' size); a failure is logged once and remembered."""
+    try:
+        from studies.lstm import _triton
+
+        generator = torch.Generator().manual_seed(0)
+
+        def draw(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+        K, T, B, H = 2, 3, 3, 5
+        act, h0, c0, w_hh = draw(K, T, B, 4 * H), draw(K, B, H), draw(K, B, H), draw(K, 4 * H, H)
+        grad_out, grad_cn = draw(K, T, B, H), draw(K, B, H)
+        blocked = torch.tensor([[True, False], [False, False], [True, True]])
+        mask = StepMask(blocked, dtype, device)
+        expected_act, got_act = act.clone(), act.clone()
+        h, c, tanh_c = forward_recurrence(expected_act, h0, c0, w_hh)
+        expected = (
+            h,
+            c,
+            tanh_c,
+            *backward_recurrence(expected_act, c, tanh_c, w_hh, grad_out, None, grad_cn, mask),
+        )
+        h, c, tanh_c = _triton.forward_recurrence(got_act, h0, c0, w_hh)
+        got = (
+            h,
+            c,
+            tanh_c,
+            *_triton.backward_recurrence(got_act, c, tanh_c, w_hh, grad_out, None, grad_cn, mask),
+        )
+        tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+        for name, want, have in zip(
+            ("h", "c", "tanh_c", "d_pre", "grad_h0", "grad_c0"), expected, got, strict=True
+        ):
+            if not torch.allclose(have, want, rtol=tolerance, atol=tolerance):
+                raise ArithmeticError(f"{name} differs by {float((have - want).abs().max()):.3g}")
+    except Exception as error:  # any failure means: do not use the kernels
+        why = f"{type(error).__name__}: {error}".splitlines()[0]
+        log.warning(
+            "Triton LSTM kernels not used on %s %s (%s); the Python recurrence runs", device, dtype, why
+        )
+        return False, why
+    return True, ""
+
+
 class FusedHDetachLayer(torch.autograd.Function):
     """One LSTM layer for K packed models, h-detach applied in the backward pass.
 
@@ -157,6 +231,7 @@ class FusedHDetachLayer(torch.autograd.Function):
         bias: Tensor | None,  # (K, 4H) = b_ih + b_hh, internal gate order
         mask: StepMask | None,
         use_cpp: bool = False,  # run the recurrences in C++ (CPU float32/float64 tensors)
+        use_triton: bool = False,  # run them as one GEMM and one Triton kernel per step
     ) -> tuple[Tensor, Tensor, Tensor]:
         K, T, B, _ = x.shape
         H = w_hh.shape[-1]
@@ -170,9 +245,11 @@ class FusedHDetachLayer(torch.autograd.Function):
             else:
                 xg = torch.bmm(x_k, w_ih.transpose(1, 2))
             act = xg.view(K, T, B, 4 * H)  # pre-activations, overwritten with the gates
-            h, c, tanh_c = forward_recurrence(act, h0, c0, w_hh)
+            recurrence = _triton_module().forward_recurrence if use_triton else forward_recurrence
+            h, c, tanh_c = recurrence(act, h0, c0, w_hh)
         ctx.mask = mask
         ctx.use_cpp = use_cpp
+        ctx.use_triton = use_triton
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, w_ih, w_hh, h, c, tanh_c, act)
         return h[:, 1:], h[:, T].clone(), c[:, T].clone()
@@ -200,9 +277,8 @@ class FusedHDetachLayer(torch.autograd.Function):
                 x if need[3] else None,
             )
         else:
-            d_pre, grad_h0, grad_c0 = backward_recurrence(
-                act, c, tanh_c, w_hh, grad_out, grad_hn, grad_cn, mask
-            )
+            recurrence = _triton_module().backward_recurrence if ctx.use_triton else backward_recurrence
+            d_pre, grad_h0, grad_c0 = recurrence(act, c, tanh_c, w_hh, grad_out, grad_hn, grad_cn, mask)
             summed_grad_bias = summed_grad_w_ih = None
 
         # Weight gradients: one GEMM over all steps. W_hh gets its gradient at blocked steps too.
@@ -218,7 +294,13 @@ class FusedHDetachLayer(torch.autograd.Function):
             grad_w_hh = torch.bmm(d_pre_k.transpose(1, 2), h[:, :T].reshape(K, T * B, H))
         if ctx.has_bias and need[5]:
             grad_bias = d_pre_k.sum(dim=1) if summed_grad_bias is None else summed_grad_bias
-        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, None, None
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, None, None, None
+
+
+def _triton_module() -> Any:
+    from studies.lstm import _triton  # imports triton: only where the kernels run
+
+    return _triton
 
 
 def model_chunk_size(K: int, device: torch.device, compiled: bool) -> int:
@@ -248,7 +330,8 @@ def packed_lstm_layers(
     """
     K, H = x.shape[1], h0.shape[-1]
     use_cpp = uses_cpp(x)
-    chunk = model_chunk_size(K, x.device, use_cpp)
+    use_triton = not use_cpp and uses_triton(x)
+    chunk = model_chunk_size(K, x.device, use_cpp or use_triton)
     outs, h_ns, c_ns = [], [], []
     for start in range(0, K, chunk):
         models = slice(start, start + chunk)
@@ -266,6 +349,7 @@ def packed_lstm_layers(
                 bias,
                 mask,
                 use_cpp,
+                use_triton,
             )
             h_n.append(h_last)
             c_n.append(c_last)
