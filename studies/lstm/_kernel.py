@@ -67,19 +67,43 @@ class StepMask:
         return "mixed" if self.host is None else self.host[t]
 
 
+def state_buffers(act: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """h and c (K, T + 1, B, H) holding the initial state at step 0, and tanh(c) (K, T, B, H), for
+    a forward recurrence over `act` (K, T, B, 4H) to fill."""
+    K, T, B, _ = act.shape
+    H = h0.shape[-1]
+    h = act.new_empty(K, T + 1, B, H)
+    c = act.new_empty(K, T + 1, B, H)
+    h[:, 0] = h0
+    c[:, 0] = c0
+    return h, c, act.new_empty(K, T, B, H)
+
+
+def step_back(
+    d_pre_t: Tensor, t: int, mask: StepMask | None, grad_out: Tensor, w_hh: Tensor, grad_h0: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Carry step t's pre-activation gradient (K, B, 4H) to h_{t-1}, through the models whose
+    h_{t-1} is not blocked: (dh for step t-1, grad_h0), the latter set at t = 0."""
+    state = "none" if mask is None else mask.state(t)
+    if state == "all":  # every model blocked: no GEMM
+        return (grad_out[:, t - 1] if t > 0 else grad_h0), grad_h0
+    K = d_pre_t.shape[0]
+    prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
+    if t > 0:
+        return torch.baddbmm(grad_out[:, t - 1], prev, w_hh), grad_h0
+    grad_h0 = torch.bmm(prev, w_hh)
+    return grad_h0, grad_h0
+
+
 def forward_recurrence(act: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The forward recurrence in Python, as csrc/hdetach_cpu.cpp runs it on CPUs.
 
     act: (K, T, B, 4H) pre-activations of the input projection, overwritten step by step with the
     gates. Returns h and c, (K, T + 1, B, H) with the initial state at step 0, and tanh(c) (K, T, B, H).
     """
-    K, T, B, _ = act.shape
+    T = act.shape[1]
     H = w_hh.shape[-1]
-    h = act.new_empty(K, T + 1, B, H)
-    c = act.new_empty(K, T + 1, B, H)
-    tanh_c = act.new_empty(K, T, B, H)
-    h[:, 0] = h0
-    c[:, 0] = c0
+    h, c, tanh_c = state_buffers(act, h0, c0)
     minus_one = act.new_tensor(-1.0)
     w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
     for t in range(T):
@@ -134,15 +158,7 @@ def backward_recurrence(
         d_pre_t[..., H:].unflatten(-1, (3, H)).mul_(dc.unsqueeze(2))
         d_pre_t[..., :H].mul_(dh)
         dc_carry = dc * f[:, t]
-        state = "none" if mask is None else mask.state(t)
-        if state == "all":
-            dh = grad_out[:, t - 1] if t > 0 else grad_h0
-            continue
-        prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
-        if t > 0:
-            dh = torch.baddbmm(grad_out[:, t - 1], prev, w_hh)
-        else:
-            grad_h0 = torch.bmm(prev, w_hh)
+        dh, grad_h0 = step_back(d_pre_t, t, mask, grad_out, w_hh, grad_h0)
     return d_pre, grad_h0, dc_carry
 
 

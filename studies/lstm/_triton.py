@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from studies.lstm._kernel import StepMask
+from studies.lstm._kernel import StepMask, state_buffers, step_back
 
 BLOCK_H = 64  # hidden units per program
 
@@ -107,11 +107,7 @@ def forward_recurrence(act: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tup
     """What studies.lstm._kernel.forward_recurrence computes, one GEMM and one kernel per step."""
     K, T, B, _ = act.shape
     H = w_hh.shape[-1]
-    h = act.new_empty(K, T + 1, B, H)
-    c = act.new_empty(K, T + 1, B, H)
-    tanh_c = act.new_empty(K, T, B, H)
-    h[:, 0] = h0
-    c[:, 0] = c0
+    h, c, tanh_c = state_buffers(act, h0, c0)
     w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
     grid = _grid(K, B, H)
     for t in range(T):
@@ -147,13 +143,5 @@ def backward_recurrence(
         views = (act[:, t], c[:, t], tanh_c[:, t], dh, dc_carry, d_pre_t, spare)
         _gates_backward[grid](*views, *_strides(*views), B, H, BLOCK=BLOCK_H)
         dc_carry, spare = spare, dc_carry
-        state = "none" if mask is None else mask.state(t)
-        if state == "all":
-            dh = grad_out[:, t - 1] if t > 0 else grad_h0
-            continue
-        prev = d_pre_t if state == "none" else d_pre_t * mask.keep[t].view(K, 1, 1)  # type: ignore[union-attr]
-        if t > 0:
-            dh = grad_out[:, t - 1].baddbmm(prev, w_hh)
-        else:
-            grad_h0 = prev.bmm(w_hh)
+        dh, grad_h0 = step_back(d_pre_t, t, mask, grad_out, w_hh, grad_h0)
     return d_pre, grad_h0, dc_carry

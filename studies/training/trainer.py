@@ -317,8 +317,9 @@ class PackTrainer:
     def _finish(self) -> None:
         """Test every trial that did not diverge, and mark the rest of the pack completed."""
         alive = [k for k, r in enumerate(self.records) if r.status not in ("diverged", "cancelled")]
+        transfer_tasks = self._transfer_tasks()
         if alive:
-            final, transfer = self._test_all()
+            final, transfer = self._test_all(transfer_tasks)
             for k in alive:
                 record = self.records[k]
                 record.final = {name: float(v[k]) for name, v in final.items()}
@@ -332,20 +333,27 @@ class PackTrainer:
         if kept:
             self._swap_best(kept)
             try:
-                best, transfer = self._test_all()
+                best, transfer = self._test_all(transfer_tasks)
             finally:
                 self._swap_best(kept)
             for k in kept:
                 self.records[k].best_val = {name: float(v[k]) for name, v in best.items()}
                 self.records[k].best_val_transfer = _per_model(transfer, k)
 
-    def _test_all(self) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-        """The pack's current models on the test set, and on the test set of every transfer delay."""
-        transfer = {}
+    def _transfer_tasks(self) -> dict[str, Task]:
+        """The task at each transfer delay (copying), by delay; built once for both models' tests."""
+        tasks = {}
         for T in self.config.task.transfer_T:
             options = {**self.config.task.options(), "T": T}
             options.pop("train_size", None)  # only the test set is used
-            transfer[str(T)] = self.evaluate("test", make_task(self.config.task.name, **options))
+            tasks[str(T)] = make_task(self.config.task.name, **options)
+        return tasks
+
+    def _test_all(
+        self, transfer_tasks: dict[str, Task]
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """The pack's current models on the test set, and on the test set of every transfer delay."""
+        transfer = {T: self.evaluate("test", task) for T, task in transfer_tasks.items()}
         return self.evaluate("test"), transfer
 
     def _add_wall_time(self, seconds: float) -> None:
