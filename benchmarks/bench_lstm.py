@@ -4,7 +4,9 @@ One iteration = forward, loss, backward, gradient clipping (1.0) and an Adam ste
 shapes. Implementations are timed round-robin (one iteration each, in turn) so that a noisy
 shared machine slows them alike; the table shows medians. Packed rows give the cost per trial.
 On a CPU, "ours" is timed twice: with the compiled recurrence (C++) and with the Python one
-(HDETACH_LSTM_KERNEL=cpp / python); packed rows use the default (auto).
+(HDETACH_LSTM_KERNEL=cpp / python); packed rows use the default (auto). On a GPU, "ours" is timed
+with and without the Triton step kernels, and each pack also replayed as a CUDA graph ("ours
+graphed K=..."); "K=1/this" compares a pack with K=1 of its own kind.
 
     python benchmarks/bench_lstm.py [--device cuda] [--repeats 7] [--packs 1 8] [--shapes "pixel MNIST"]
         [--out benchmarks/results/lstm_cpu.json]
@@ -30,6 +32,7 @@ from studies import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm
 from studies.lstm._cpp import KERNEL_ENV
 from studies.lstm._kernel import TRITON_ENV
 from studies.packed import PackedAdam, PackedLinear, clip_grad_norm_per_model
+from studies.training.graphs import GRAPH_TOLERANCE, GraphedStep
 
 
 @dataclass(frozen=True)
@@ -106,27 +109,34 @@ def with_kernel(variable: str, choice: str, step: Callable[[], None]) -> Callabl
     return run
 
 
-def packed_step(shape: Shape, K: int, device: torch.device) -> Callable[[], None]:
-    """One training iteration of K packed models (half vanilla, half h-detach), per-model Adam and clip."""
+def packed_step(shape: Shape, K: int, device: torch.device, graphed: bool = False) -> Callable[[], None]:
+    """One training iteration of K packed models (half vanilla, half h-detach), per-model Adam and
+    clip; `graphed`: replayed as a CUDA graph (studies.training.graphs), its detach mask drawn once
+    on the device (a graph cannot read a host mask), where the eager rows draw one per iteration."""
     p = [0.0 if k % 2 == 0 else shape.p_detach for k in range(K)]
     lstm = PackedHDetachLSTM(K, 1, shape.hidden, p_detach=p).to(device)
     head = PackedLinear(K, shape.hidden, shape.classes).to(device)
     params = [*lstm.parameters(), *head.parameters()]
     opt = PackedAdam(params, lr=[1e-3] * K)
+    opt.init_state()
     max_norm = torch.ones(K, device=device)
     x = torch.rand(shape.steps, K, shape.batch, 1, device=device)
     y_shape = (shape.steps, K, shape.batch) if shape.loss_every_step else (K, shape.batch)
     y = torch.randint(0, shape.classes, y_shape, device=device)
+    mask = (torch.rand(shape.steps, K) < torch.tensor(p)).to(device) if graphed else None
 
     def step() -> None:
-        out, _ = lstm(x)  # (T, K, B, H)
+        out, _ = lstm(x, detach_mask=mask)  # (T, K, B, H)
         logits = head(out if shape.loss_every_step else out[-1])
         opt.zero_grad(set_to_none=True)
         (_loss(logits, y) * K).backward()  # the sum of the K models' mean losses
         clip_grad_norm_per_model(params, max_norm)
         opt.step()
 
-    return step
+    if not graphed:
+        return step
+    state = [*params, *(t for s in opt.state.values() for t in s.values())]
+    return GraphedStep(step, lambda: state, GRAPH_TOLERANCE[torch.float32], required=True)
 
 
 def time_round_robin(
@@ -174,6 +184,8 @@ def main() -> None:
                 print(f"skipping {shape.name} K={K}: needs about {gigabytes:.0f} GB (--max-gb {args.max_gb})")
                 continue
             steps[f"ours packed K={K}"] = packed_step(shape, K, device)
+            if device.type == "cuda":
+                steps[f"ours graphed K={K}"] = packed_step(shape, K, device, graphed=True)
         medians = time_round_robin(steps, args.repeats, device)
         for name, ms in medians.items():
             K = int(name.rsplit("=", 1)[1]) if "K=" in name else 1
@@ -202,16 +214,16 @@ def main() -> None:
 def _print_table(shape: Shape, rows: list[dict]) -> None:
     by_impl = {r["impl"]: r for r in rows}
     loop, ref = (by_impl[k]["ms_per_trial_iter"] for k in ("detach loop", "nn.LSTM"))
-    k1 = by_impl.get("ours packed K=1", {}).get("ms_per_trial_iter")
     print(f"\n{shape.name}: T={shape.steps}, B={shape.batch}, H={shape.hidden}, p={shape.p_detach}")
     print(
         f"{'implementation':<20}{'ms/iter':>10}{'ms/trial':>10}{'loop/this':>11}{'nn.LSTM/this':>14}{'K=1/this':>10}"
     )
     for r in rows:
         t = r["ms_per_trial_iter"]
+        kind = r["impl"].rsplit("K=", 1)[0]  # "ours packed " or "ours graphed "
+        k1 = by_impl.get(f"{kind}K=1", {}).get("ms_per_trial_iter")
         speedup_k1 = f"{k1 / t:10.2f}" if k1 and r["K"] > 1 else f"{'':10}"
         print(f"{r['impl']:<20}{r['ms_per_iter']:10.1f}{t:10.1f}{loop / t:11.2f}{ref / t:14.2f}{speedup_k1}")
-
 
 if __name__ == "__main__":
     main()

@@ -77,23 +77,51 @@ def clip_grad_norm_per_model(params: Iterable[Tensor], max_norm: Tensor) -> Tens
 class PackedAdam:
     """Adam with one learning rate per packed model: ``lr`` is a (K,) tensor.
 
-    The update is torch.optim.Adam's (no weight decay, no amsgrad). Setting lr[k] = 0 freezes
-    model k, which is how a diverged trial stops moving while its pack carries on. Not a
-    ``torch.optim.Optimizer``: constructing one imports torch._dynamo, 1.5 s of every worker's
-    start-up. ``state_dict()`` keeps the Optimizer layout, so checkpoints are unchanged.
+    The update is torch.optim.Adam's (no weight decay, no amsgrad). A frozen model (``freeze(k)``,
+    or ``active[k]`` False in ``step``) stops moving while its pack carries on, which is how a
+    diverged or finished trial ends early. Not a ``torch.optim.Optimizer``: constructing one imports
+    torch._dynamo, 1.5 s of every worker's start-up. ``state_dict()`` keeps the Optimizer layout, so
+    checkpoints are unchanged.
+
+    Nothing in ``step`` reads a value back to the host, so a CUDA graph can replay it: the step
+    count is a float64 tensor beside each parameter (its bias corrections computed there) and the
+    learning rates are kept on each parameter's device, updated in place by ``freeze``.
     """
 
     def __init__(
         self, params: Iterable[Tensor], lr: Tensor | Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8
     ):
-        lr = torch.as_tensor(lr, dtype=torch.float64).clone()  # float64: lr 1e-2 must not become 0.00999...
-        if (lr < 0).any():
-            raise ValueError("learning rates must be non-negative")
         self.params = list(params)
         if not self.params:
             raise ValueError("PackedAdam got an empty parameter list")
-        self.betas, self.eps, self.lr = tuple(betas), eps, lr
+        self.betas, self.eps = tuple(betas), eps
+        self.lr = lr
         self.state: dict[Tensor, dict[str, Any]] = {}
+
+    @property
+    def lr(self) -> Tensor:
+        """The (K,) float64 learning rates, on the host (float64: lr 1e-2 must not become 0.00999...)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, lr: Tensor | Sequence[float]) -> None:
+        lr = torch.as_tensor(lr, dtype=torch.float64).clone()
+        if (lr < 0).any():
+            raise ValueError("learning rates must be non-negative")
+        self._lr = lr
+        self._lr_on: dict[torch.device, Tensor] = {}  # the same, per device the parameters live on
+
+    def freeze(self, k: int) -> None:
+        """Model k's learning rate becomes 0 from now on."""
+        self._lr[k] = 0.0
+        for lr in self._lr_on.values():
+            lr[k] = 0.0
+
+    def _lr_for(self, p: Tensor) -> Tensor:
+        lr = self._lr_on.get(p.device)
+        if lr is None:
+            lr = self._lr_on[p.device] = self._lr.to(p.device)
+        return lr
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -102,33 +130,52 @@ class PackedAdam:
             elif p.grad is not None:
                 p.grad.zero_()
 
+    def init_state(self) -> None:
+        """Create every parameter's state now (a captured step must find it in place)."""
+        for p in self.params:
+            self._state_of(p)
+
+    def _state_of(self, p: Tensor) -> dict[str, Any]:
+        state = self.state.get(p)
+        if state is None:
+            state = self.state[p] = {
+                "step": torch.zeros((), dtype=torch.float64, device=p.device),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+        return state
+
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, active: Tensor | None = None) -> None:
+        """One Adam step of every model; with `active` ((K,) bool), the inactive ones do not move."""
         beta1, beta2 = self.betas
         for p in self.params:
             if p.grad is None:
                 continue
-            state = self.state.get(p)
-            if state is None:
-                state = self.state[p] = {
-                    "step": 0,
-                    "exp_avg": torch.zeros_like(p),
-                    "exp_avg_sq": torch.zeros_like(p),
-                }
+            state = self._state_of(p)
             state["step"] += 1
-            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m, v, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
             m.lerp_(p.grad, 1 - beta1)
             v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            step = state["step"]
-            step_size = _per_model(self.lr.to(p), p) / (1 - beta1**step)
-            denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(self.eps)
+            lr = self._lr_for(p) if active is None else self._lr_for(p) * active
+            step_size = _per_model((lr / (1 - beta1**step)).to(p.dtype), p)
+            denom = (v.sqrt() / (1 - beta2**step).sqrt().to(p.dtype)).add_(self.eps)
             p.sub_(step_size * m / denom)
+
+    @torch.no_grad()
+    def reset_models(self, which: Tensor) -> None:
+        """Zero the moments of the models where `which` ((K,) bool) is set."""
+        for state in self.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key].masked_fill_(_per_model(which, state[key]), 0.0)
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim.Optimizer's layout: per-parameter state keyed by the parameter's position."""
         index = {p: i for i, p in enumerate(self.params)}
         return {
-            "state": {index[p]: dict(s) for p, s in self.state.items()},
+            "state": {
+                index[p]: {**s, "step": int(s["step"])} for p, s in self.state.items()
+            },
             "param_groups": [{"betas": self.betas, "eps": self.eps, "params": list(range(len(self.params)))}],
         }
 
@@ -143,8 +190,7 @@ class PackedAdam:
         for position, saved in state_dict["state"].items():
             p = self.params[group["params"].index(position)]
             self.state[p] = {
-                key: value.to(p.device, p.dtype)
-                if isinstance(value, Tensor) and value.is_floating_point()
-                else value
-                for key, value in saved.items()
+                "step": torch.tensor(float(saved["step"]), dtype=torch.float64, device=p.device),
+                "exp_avg": saved["exp_avg"].to(p.device, p.dtype),
+                "exp_avg_sq": saved["exp_avg_sq"].to(p.device, p.dtype),
             }

@@ -34,8 +34,10 @@ import torch
 from studies import queue
 from studies.db.models import Engine, WorkerStatus
 from studies.lstm import PackedHDetachLSTM
+from studies.lstm._kernel import triton_choice
 from studies.queue import ClaimedJob
 from studies.training import PackTrainer
+from studies.training.graphs import graphs_choice
 from workers import faults
 from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials, wait_out_infrastructure
 from workers.failures import FailureKind, InfrastructureError, classify, one_line, touches_the_device
@@ -56,7 +58,13 @@ def free_device_memory() -> None:
 
 
 def check_device(device: str) -> None:
-    """Train a tiny packed h-detach LSTM one step on `device`; InfrastructureError if it cannot."""
+    """Train a tiny packed h-detach LSTM one step on `device`; InfrastructureError if it cannot
+    (or if HDETACH_TRITON or HDETACH_CUDA_GRAPHS holds no known choice)."""
+    try:
+        triton_choice()
+        graphs_choice()
+    except ValueError as error:
+        raise InfrastructureError(str(error)) from error
     try:
         where = torch.device(device)
     except (RuntimeError, ValueError) as error:

@@ -5,9 +5,10 @@
 #   bash benchmarks/gpu/check.sh OUT_DIR
 #
 # It runs the `cuda` tests and the Triton kernels' tests (compiled, on the GPU), bench_lstm on the
-# GPU (cuDNN nn.LSTM vanilla, ours at p=0.5 with and without the Triton step kernels, packs of 1, 8 and 32, at the copying T=100, T=300 and pixel MNIST shapes), one pack on the GPU against the
-# CPU, and a 40-trial copying grid through the real worker on cuda:0 (SQLite), packed and one at a
-# time. Every step runs even if one before it failed; the exit status says whether all passed.
+# GPU (cuDNN nn.LSTM vanilla, ours at p=0.5 with and without the Triton step kernels, packs of 1, 8
+# and 32 eager and replayed as CUDA graphs, at the copying T=100, T=300 and pixel MNIST shapes),
+# one pack on the GPU against the CPU, and a 40-trial copying grid through the real worker on
+# cuda:0 (SQLite), packed and one at a time. Every step runs even if one before it failed; the exit status says whether all passed.
 #
 # The machine's python3 has torch and triton but none of the project's other dependencies, and no
 # network: fill benchmarks/gpu/wheels here first (the command is in benchmarks/gpu/requirements.txt)

@@ -3,7 +3,8 @@
 Copying T=20, hidden 64, 3 trials (vanilla, h-detach, h-detach without clipping), 200 steps, in
 float64 (the devices differ only in summation order: expect 1e-12-ish) and float32 (expect 1e-5 to
 1e-3 after 200 Adam steps). Writes the largest absolute difference of every curve value and test
-metric, and each device's wall time.
+metric, each device's wall time, and whether the GPU's iterations ran as a CUDA graph
+(HDETACH_CUDA_GRAPHS, default auto).
 
     python3 benchmarks/gpu/cuda_vs_cpu.py --out results/cuda_vs_cpu.json
 """
@@ -53,12 +54,15 @@ def main() -> None:
         records, seconds = {}, {}
         for device in ("cpu", args.device):
             started = time.perf_counter()
-            records[device] = PackTrainer(config, TRIALS, device).run()
+            trainer = PackTrainer(config, TRIALS, device)
+            records[device] = trainer.run()
             seconds[device] = time.perf_counter() - started
         result[dtype] = {
             "largest_abs_difference": largest_difference(records["cpu"], records[args.device]),
             "statuses": {d: [r.status for r in rs] for d, rs in records.items()},
             "seconds": seconds,
+            # on the GPU: per pack shape, whether the training iteration ran as a CUDA graph
+            "cuda_graphs": trainer.graphed_step.outcomes if trainer.graphed_step is not None else None,
         }
         print(dtype, result[dtype])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,8 @@ class PackedSequenceModel(nn.Module):
         return self.head(out if self.loss_on == "all" else out[-1])  # (T, K, B, C) or (K, B, C)
 
     @torch.no_grad()
-    def reset_model(self, k: int) -> None:
-        """Zero model k's parameters: a diverged trial stops producing NaNs while its pack goes on."""
+    def reset_models(self, which: Tensor) -> None:
+        """Zero the parameters of the models where `which` ((K,) bool) is set: a diverged trial stops
+        producing NaNs while its pack goes on (a masked fill: no host read, so a CUDA graph can replay it)."""
         for p in self.parameters():
-            p[k].zero_()
+            p.masked_fill_(which.view(-1, *[1] * (p.dim() - 1)), 0.0)

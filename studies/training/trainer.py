@@ -4,6 +4,13 @@ A single trial is a pack of one. Each trial draws its data and its masks from it
 generators (seeded from the trial seed), so it gives the same results alone or in any pack.
 Divergence (a non-finite loss) ends a trial as an outcome while the rest of its pack goes on.
 
+A training iteration is in two parts: the host draws each trial's batch and detach mask from the
+trial's generators (on the host, so a seed gives the same masks on every device), and the device
+runs forward, loss, backward, per-trial clipping and Adam without reading anything back
+(`_device_step`), so a GPU never waits on the host and a CUDA graph can replay the iteration
+(studies.training.graphs). Losses and divergences are kept on the device and read at each
+evaluation (after every step on a CPU, where reading costs nothing).
+
 Model selection, as in the authors' code: at every evaluation that improves a trial's validation
 value of the success metric (accuracy: higher; mse, loss: lower; a tie keeps the earlier model;
 a model whose validation metrics are not all finite is never chosen), a copy of that trial's
@@ -28,6 +35,7 @@ from torch import Tensor
 from studies.packed import PackedAdam, clip_grad_norm_per_model
 from studies.tasks import Task, make_task
 from studies.training.config import TrainingConfig, TrialParams, derived_seed
+from studies.training.graphs import GraphedStep
 from studies.training.model import PackedSequenceModel
 
 CHECKPOINT_VERSION = 2  # 2: the best-validation weights and fields
@@ -95,6 +103,7 @@ class PackTrainer:
         self.optimizer = PackedAdam(
             self.model.parameters(), self.lr, (config.beta1, config.beta2), config.eps
         )
+        self.optimizer.init_state()
         self.max_norm = torch.tensor(
             [math.inf if t.clip_norm is None else t.clip_norm for t in self.trials],
             device=self.device,
@@ -112,10 +121,19 @@ class PackTrainer:
         self.records = [TrialRecord(t, data=self.task.description) for t in self.trials]
         # per trial: its parameters (name -> its slice) at its best validation so far, or None
         self._best: list[dict[str, Tensor] | None] = [None] * K
-        self.active = [True] * K
+        self.active = [True] * K  # on the host; the device's copy is ahead of it between evaluations
         self.step = 0
-        self._loss_sum = [0.0] * K
-        self._loss_count = [0] * K
+        # what the device step keeps, read by _collect_steps: whether each trial still trains, the
+        # step at which it diverged (-1: it did not), its training losses since the last evaluation
+        on = {"device": self.device}
+        self._active_on = torch.ones(K, dtype=torch.bool, **on)
+        self._diverged_at_on = torch.full((K,), -1, dtype=torch.int64, **on)
+        self._loss_sum_on = torch.zeros(K, dtype=torch.float64, **on)
+        self._loss_count_on = torch.zeros(K, dtype=torch.int64, **on)
+        self._step_on = torch.zeros((), dtype=torch.int64, **on)
+        self.graphed_step = GraphedStep.for_device(self.device, self.dtype, self._device_step, self._step_state)
+        # read the device's outcome after every step where that costs nothing (no device to wait for)
+        self.collect_every_step = self.device.type == "cpu"
 
     # -- the loop ---------------------------------------------------------------------------
     def run(
@@ -154,6 +172,19 @@ class PackTrainer:
         return self.records
 
     def _train_step(self) -> None:
+        x, y, mask = self._draw_batch()
+        x, y = x.to(self.device, self.dtype), y.to(self.device)
+        if self.graphed_step is not None:  # the mask goes to the device: a graph cannot read the host's
+            self.graphed_step(x, y, mask.to(self.device))
+        else:  # a host mask lets the recurrence skip the GEMMs of steps where no model is blocked
+            self._device_step(x, y, mask)
+        self.step += 1
+        if self.collect_every_step:
+            self._collect_steps()
+
+    def _draw_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every trial's batch and detach mask from its own generators: x (T, K, B, I), y (T, K, B)
+        or (K, B), the mask (T, K) (True: h_{t-1} blocked at step t), all on the host."""
         cfg, task, K = self.config, self.task, len(self.trials)
         xs, ys, masks = [], [], []
         p_on = cfg.detach_on(self.step)
@@ -168,32 +199,55 @@ class PackTrainer:
             xs.append(x)
             ys.append(y)
             masks.append(blocked)
-        x = torch.stack(xs, dim=1).to(self.device, self.dtype)  # (T, K, B, I)
-        y = torch.stack(ys, dim=-2 if ys[0].dim() == 2 else 0).to(self.device)  # (T, K, B) or (K, B)
-        mask = torch.stack(masks, dim=1)  # (T, K), on the host: blocked steps skip their GEMMs
+        x = torch.stack(xs, dim=1)
+        y = torch.stack(ys, dim=-2 if ys[0].dim() == 2 else 0)
+        return x, y, torch.stack(masks, dim=1)
+
+    def _device_step(self, x: Tensor, y: Tensor, mask: Tensor) -> None:
+        """Forward, loss, backward, per-trial clipping and Adam for the trials still training, on
+        the device and reading nothing back. A trial whose loss is not finite is frozen and zeroed
+        (its NaNs never reach the rest of the pack) and its step noted, for _collect_steps."""
         self.model.train()
-        losses = task.losses(self.model(x, mask), y)  # (K,)
-        loss_values = losses.detach().cpu().tolist()
-        diverged = [k for k, value in enumerate(loss_values) if self.active[k] and not math.isfinite(value)]
-        for k in diverged:
-            self._mark_diverged(k)
-        active = torch.tensor(self.active, device=self.device)
+        losses = self.task.losses(self.model(x, mask), y)  # (K,)
+        finite = torch.isfinite(losses.detach())
+        diverging = self._active_on & ~finite
+        active = self._active_on & finite
         self.optimizer.zero_grad(set_to_none=True)
         torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+        params = list(self.model.parameters())
         with torch.no_grad():
-            for p in self.model.parameters():
+            for p in params:
                 if p.grad is not None:
                     p.grad.masked_fill_(~active.view(-1, *[1] * (p.dim() - 1)), 0.0)
-        clip_grad_norm_per_model(self.model.parameters(), self.max_norm)
-        self.optimizer.step()
-        for k in diverged:  # after backward: the graph still holds views of these parameters
-            self._reset_model(k)
-        self.step += 1
-        for k, value in enumerate(loss_values):
-            if self.active[k]:
-                self._loss_sum[k] += value
-                self._loss_count[k] += 1
-                self.records[k].steps_run = self.step
+            clip_grad_norm_per_model(params, self.max_norm)
+            self.optimizer.step(active)
+            self.model.reset_models(diverging)
+            self.optimizer.reset_models(diverging)
+            self._step_on += 1
+            self._diverged_at_on.copy_(torch.where(diverging, self._step_on, self._diverged_at_on))
+            self._loss_sum_on.add_(torch.where(active, losses.detach().double(), 0.0))
+            self._loss_count_on.add_(active.long())
+            self._active_on.copy_(active)
+
+    def _step_state(self) -> list[Tensor]:
+        """Every tensor _device_step changes (a graphed step is checked against the eager one on these)."""
+        moments = [t for state in self.optimizer.state.values() for t in state.values()]
+        counters = [self._active_on, self._diverged_at_on, self._loss_sum_on, self._loss_count_on, self._step_on]
+        return [*self.model.parameters(), *moments, *counters]
+
+    def _collect_steps(self) -> None:
+        """Bring the device's view of the steps since the last call to the host: which trials
+        diverged (and when), how many steps each has run."""
+        diverged_at = self._diverged_at_on.tolist()
+        for k, at in enumerate(diverged_at):
+            if not self.active[k]:
+                continue
+            record = self.records[k]
+            if at >= 0:
+                record.status, record.diverged_at, record.steps_run = "diverged", at, at - 1
+                self._deactivate(k)
+            else:
+                record.steps_run = self.step
 
     @property
     def _idle_batch(self) -> tuple[Tensor, Tensor]:
@@ -201,18 +255,6 @@ class PackTrainer:
             x, y = self.task.train_batch(self.config.batch_size, torch.Generator().manual_seed(0))
             self._idle = (torch.zeros_like(x), torch.zeros_like(y))
         return self._idle
-
-    def _mark_diverged(self, k: int) -> None:
-        record = self.records[k]
-        record.status, record.diverged_at = "diverged", self.step + 1
-        self._deactivate(k)
-
-    def _reset_model(self, k: int) -> None:
-        """Zero a diverged model and its Adam moments, so its NaNs never reach the rest of the pack."""
-        self.model.reset_model(k)
-        for state in self.optimizer.state.values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key][k].zero_()
 
     def stop_trial(self, k: int, status: str = "cancelled") -> None:
         """End trial k now (e.g. its study was cancelled); the rest of the pack goes on."""
@@ -222,7 +264,8 @@ class PackTrainer:
 
     def _deactivate(self, k: int) -> None:
         self.active[k] = False
-        self.optimizer.lr[k] = 0.0
+        self._active_on[k] = False
+        self.optimizer.freeze(k)
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -256,6 +299,10 @@ class PackTrainer:
         return task.finalize(sums)
 
     def _evaluate_and_record(self, on_eval: EvalCallback | None) -> None:
+        self._collect_steps()
+        loss_sum, loss_count = self._loss_sum_on.tolist(), self._loss_count_on.tolist()
+        self._loss_sum_on.zero_()
+        self._loss_count_on.zero_()
         running = [k for k, r in enumerate(self.records) if r.status == "running"]
         if not running:
             return
@@ -264,10 +311,9 @@ class PackTrainer:
         for k in running:
             record = self.records[k]
             point = {"step": float(self.step)}
-            if self._loss_count[k]:
-                point["train_loss"] = self._loss_sum[k] / self._loss_count[k]
+            if loss_count[k]:
+                point["train_loss"] = loss_sum[k] / loss_count[k]
             point.update({f"val_{name}": float(v[k]) for name, v in metrics.items()})
-            self._loss_sum[k], self._loss_count[k] = 0.0, 0
             record.curve.append(point)
             value = point.get(f"val_{self.success_metric}", math.nan)
             if self._improves(k, point, value):
@@ -316,6 +362,7 @@ class PackTrainer:
 
     def _finish(self) -> None:
         """Test every trial that did not diverge, and mark the rest of the pack completed."""
+        self._collect_steps()
         alive = [k for k, r in enumerate(self.records) if r.status not in ("diverged", "cancelled")]
         transfer_tasks = self._transfer_tasks()
         if alive:
@@ -376,7 +423,7 @@ class PackTrainer:
             "mask_gens": [g.get_state() for g in self.mask_gens],
             "records": [r.to_dict() for r in self.records],
             "active": self.active,
-            "loss_acc": (self._loss_sum, self._loss_count),
+            "loss_acc": (self._loss_sum_on.tolist(), self._loss_count_on.tolist()),
             "best": self._best,
         }
         path = Path(path)
@@ -400,7 +447,11 @@ class PackTrainer:
         ):
             g.set_state(s)
         trainer.active = list(state["active"])
-        trainer._loss_sum, trainer._loss_count = (list(v) for v in state["loss_acc"])
+        trainer._active_on.copy_(torch.tensor(trainer.active))
+        trainer._step_on.fill_(trainer.step)
+        loss_sum, loss_count = state["loss_acc"]
+        trainer._loss_sum_on.copy_(torch.tensor(loss_sum, dtype=torch.float64))
+        trainer._loss_count_on.copy_(torch.tensor(loss_count, dtype=torch.int64))
         trainer._best = [
             None if best is None else {name: t.to(trainer.device) for name, t in best.items()}
             for best in state["best"]

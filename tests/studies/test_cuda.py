@@ -2,7 +2,7 @@
 
 Skipped without a GPU; `bash benchmarks/gpu/check.sh` runs them on one. Tolerances: float64, where
 the devices differ only in the order of floating-point sums, 1e-9 absolute; float32 on one device,
-pack against alone, 1e-5.
+pack against alone and graphed against eager, 1e-5.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from studies import HDetachLSTM, PackedHDetachLSTM
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+from studies.training.graphs import GRAPHS_ENV
 from workers.worker import check_device
 
 pytestmark = [
@@ -63,7 +64,9 @@ def test_packed_lstm_forward_and_gradients_equal_the_cpu_with_mixed_masks(mask_o
         torch.testing.assert_close(on_cuda, on_cpu, rtol=0, atol=1e-9)
 
 
-def test_a_pack_trains_on_cuda_as_on_the_cpu():
+@pytest.mark.parametrize("graphs", ["on", "off"])
+def test_a_pack_trains_on_cuda_as_on_the_cpu(monkeypatch, graphs):
+    monkeypatch.setenv(GRAPHS_ENV, graphs)  # on: a graph that fails its check is an error
     cpu = PackTrainer(CONFIG, TRIALS, "cpu").run()
     cuda = PackTrainer(CONFIG, TRIALS, "cuda").run()
     for a, b in zip(cpu, cuda, strict=True):
@@ -80,6 +83,26 @@ def test_a_trial_alone_equals_the_trial_in_a_pack_on_cuda_in_float32():
         alone = PackTrainer(config, [trial], "cuda").run()[0]
         for p, q in zip(alone.curve, packed[k].curve, strict=True):
             assert _close(p, q, 1e-5), (p, q)
+
+
+def test_graphed_and_eager_training_agree_in_float32_and_the_graph_is_used(monkeypatch):
+    config = CONFIG.model_copy(update={"dtype": "float32"})
+    trials = [*TRIALS, TrialParams(variant="vanilla", p_detach=0.0, lr=1e38, seed=4, clip_norm=None)]
+    results = {}
+    for graphs in ("on", "off"):
+        monkeypatch.setenv(GRAPHS_ENV, graphs)
+        trainer = PackTrainer(config, trials, "cuda")
+        results[graphs] = trainer.run()
+    monkeypatch.setenv(GRAPHS_ENV, "on")
+    graphed = PackTrainer(config, trials, "cuda")
+    graphed.run(max_steps=1)
+    assert graphed.graphed_step is not None and list(graphed.graphed_step.outcomes.values()) == [True]
+    for a, b in zip(results["on"], results["off"], strict=True):
+        assert (a.status, a.diverged_at, a.steps_run) == (b.status, b.diverged_at, b.steps_run)
+        for p, q in zip(a.curve, b.curve, strict=True):
+            assert _close(p, q, 1e-5), (p, q)
+        assert _close(a.final, b.final, 1e-5)
+    assert results["on"][-1].status == "diverged"
 
 
 def test_the_workers_device_check_passes_on_cuda():

@@ -20,6 +20,7 @@ from studies.lstm import KernelBuildError
 from studies.spec import StudySpec
 from tests.workers.test_worker_processes import TINY, factory, recorded_trials_per_cell, start_worker
 from workers.failures import FailureKind, InfrastructureError, classify, touches_the_device
+from workers.worker import check_device
 
 __all__ = ["factory"]  # the fixture, shared with test_worker_processes
 
@@ -97,6 +98,14 @@ def test_a_worker_on_a_device_it_cannot_use_exits_without_claiming(database_url,
     assert len(errors) == 1 and "device cuda:0 is not usable" in errors[0] and "not claiming" in errors[0]
     assert {(j.state, j.attempts) for j in queue.list_jobs(factory, study_id)} == {("queued", 0)}
     assert queue.list_workers(factory) == []
+
+
+@pytest.mark.parametrize("variable", ["HDETACH_CUDA_GRAPHS", "HDETACH_TRITON"])
+def test_the_device_check_refuses_an_unknown_accelerator_setting_in_one_line(monkeypatch, variable):
+    monkeypatch.setenv(variable, "sometimes")
+    with pytest.raises(InfrastructureError) as error:
+        check_device("cpu")
+    assert str(error.value) == f"{variable}='sometimes': expected one of auto, on, off"
 
 
 def test_a_worker_whose_database_stays_unreachable_exits_6_with_one_line():
