@@ -225,5 +225,6 @@ def _print_table(shape: Shape, rows: list[dict]) -> None:
         speedup_k1 = f"{k1 / t:10.2f}" if k1 and r["K"] > 1 else f"{'':10}"
         print(f"{r['impl']:<20}{r['ms_per_iter']:10.1f}{t:10.1f}{loop / t:11.2f}{ref / t:14.2f}{speedup_k1}")
 
+
 if __name__ == "__main__":
     main()

@@ -22,8 +22,8 @@ from typing import Any
 
 from _databases import fresh_database
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from studies.spec import StudySpec
 from workers.worker import Worker, WorkerOptions
 

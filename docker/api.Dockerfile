@@ -8,6 +8,7 @@ RUN pip install --no-cache-dir -c constraints.txt --extra-index-url https://down
     torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY studies ./studies
+COPY deployment ./deployment
 COPY workers ./workers
 COPY service ./service
 COPY hdetach ./hdetach

@@ -12,6 +12,7 @@ COPY constraints.txt ./
 RUN pip install --no-cache-dir -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY studies ./studies
+COPY deployment ./deployment
 COPY workers ./workers
 COPY service ./service
 COPY hdetach ./hdetach

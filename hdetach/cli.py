@@ -196,7 +196,7 @@ DatabaseUrl = Annotated[
 
 def _settings(database_url: str | None):
     """The settings, or one line and exit code 2 if they are invalid (a bad secret file, say)."""
-    from hdetach.settings import Settings
+    from deployment.settings import Settings
 
     try:
         settings = Settings()
@@ -234,7 +234,7 @@ def submit(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Queue a study straight into the database (no API needed); prints its id."""
-    from hdetach.studies_app import Backend
+    from deployment.backend import Backend
     from studies.presets import preset_spec
 
     if (spec_file is None) == (preset is None):
@@ -299,7 +299,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A study's state and its jobs counted by state."""
-    from hdetach.studies_app import Backend
+    from deployment.backend import Backend
     from studies import queue
     from studies.exceptions import NotFound
 
@@ -399,13 +399,10 @@ def worker(
     from workers.worker import Worker, WorkerOptions
 
     settings = _settings(database_url)
-    options = WorkerOptions(
-        database_url=settings.database_url,
+    options = WorkerOptions.from_settings(
+        settings,
         device=device,
         pack=pack,
-        lease_seconds=settings.lease_seconds,
-        heartbeat_seconds=settings.heartbeat_seconds,
-        poll_seconds=settings.poll_seconds,
         threads=threads,
         max_packs=max_packs,
         exit_when_idle=exit_when_idle,
@@ -498,7 +495,7 @@ def ray_run(
     except ValueError as e:
         fail(str(e))
     if study_id is not None:
-        from hdetach.studies_app import Backend
+        from deployment.backend import Backend
         from studies import queue
         from studies.exceptions import NotFound
 
@@ -510,16 +507,11 @@ def ray_run(
     from workers.ray_executor import RayDriver, RayOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    options = RayOptions(
-        database_url=settings.database_url,
-        address=address or settings.ray_address,
+    options = RayOptions.from_settings(
+        settings,
+        address=address,
         pack=pack,
         resources={"cpu": cpus_per_pack, "gpu": gpus_per_pack},
-        lease_seconds=settings.lease_seconds,
-        heartbeat_seconds=settings.heartbeat_seconds,
-        poll_seconds=settings.poll_seconds,
-        max_attempts=settings.max_attempts,
-        storage_path=settings.ray_storage_path,
         num_cpus=num_cpus,
     )
     with RayDriver(options) as driver:
@@ -542,7 +534,7 @@ def serve(
     """Serve the REST API with uvicorn."""
     import uvicorn
 
-    from hdetach.settings import Settings
+    from deployment.settings import Settings
     from service.app import create_app
 
     try:

@@ -11,8 +11,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from service.gate import Gate
 from service.metrics import make_registry
 from service.routes import ops, presets, reports, studies

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="an API token from HDETACH_API_TOKENS")
 

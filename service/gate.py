@@ -18,7 +18,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from service.deps import auth_failure
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: they tell only that the process and database are up

@@ -10,7 +10,7 @@ from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Histogr
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
 from studies.db.engine import session_scope
 from studies.db.models import Job, JobState, Worker, WorkerStatus
 

@@ -173,9 +173,7 @@ class PackedAdam:
         """torch.optim.Optimizer's layout: per-parameter state keyed by the parameter's position."""
         index = {p: i for i, p in enumerate(self.params)}
         return {
-            "state": {
-                index[p]: {**s, "step": int(s["step"])} for p, s in self.state.items()
-            },
+            "state": {index[p]: {**s, "step": int(s["step"])} for p, s in self.state.items()},
             "param_groups": [{"betas": self.betas, "eps": self.eps, "params": list(range(len(self.params)))}],
         }
 

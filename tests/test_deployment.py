@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from tests.conftest import _drop_postgres_database, _fresh_postgres_database
 from tests.service.conftest import free_port, start, stop, wait_http
 
@@ -245,9 +245,15 @@ def test_no_secret_is_baked_into_an_image_and_the_build_context_holds_none():
         for line in f.read_text().splitlines()
         if line.startswith("COPY ")
     }
-    assert copied <= {"constraints.txt", "pyproject.toml", "studies", "workers", "service", "hdetach"} | {
-        "docker/dashboard_entrypoint.py"
-    }
+    assert copied <= {
+        "constraints.txt",
+        "pyproject.toml",
+        "studies",
+        "deployment",
+        "workers",
+        "service",
+        "hdetach",
+    } | {"docker/dashboard_entrypoint.py"}
 
 
 # --- images: bases, pins, lint ---------------------------------------------------------------------

@@ -22,15 +22,14 @@ from typing import Any, TypeVar
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
+from deployment.backend import Database
 from studies import queue
-from studies.db.engine import make_engine, session_factory, upgrade
 from studies.db.models import JobState
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
 from studies.tracking import (
     abandon_closing,
     close_trials,
-    open_storage,
     report_values,
     result_closing,
     running_trials_with,
@@ -178,9 +177,16 @@ class LeaseKeeper:
                 log.exception("heartbeat failed")
 
 
-def _bootstrap(database_url: str) -> RDBStorage:
-    upgrade(database_url)
-    return open_storage(database_url)
+def _open_database(database_url: str) -> Database:
+    """The executor's database with its Optuna storage opened now, so that opening fails (and is
+    tried again) here rather than at the first trial. No pre-ping: queue operations retry instead."""
+    database = Database(database_url, pool_pre_ping=False)
+    try:
+        database.storage  # noqa: B018 (opened for its side effect)
+    except BaseException:
+        database.close()
+        raise
+    return database
 
 
 def wait_out_infrastructure(action: Callable[[], T], what: str, patience_seconds: float = 120.0) -> T:
@@ -210,17 +216,19 @@ class Executor:
         database_patience_seconds: float = 120.0,
     ):
         self.id = f"{id_prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.storage = wait_out_infrastructure(
-            lambda: _bootstrap(database_url), "opening the database", database_patience_seconds
+        self.database = wait_out_infrastructure(
+            lambda: _open_database(database_url), "opening the database", database_patience_seconds
         )
-        self.engine = make_engine(database_url, pool_pre_ping=False)  # queue operations retry instead
-        self.factory = session_factory(self.engine)
+        self.engine, self.factory, self.storage = (
+            self.database.engine,
+            self.database.factory,
+            self.database.storage,
+        )
         self.stop_requested = threading.Event()
         self.leases = LeaseKeeper(self.factory, self.id, lease_seconds, heartbeat_seconds)
 
     def close(self) -> None:
-        self.storage.engine.dispose()
-        self.engine.dispose()
+        self.database.close()
 
 
 @dataclass

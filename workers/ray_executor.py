@@ -30,6 +30,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from deployment.settings import Settings, setting_default
 from studies import queue
 from studies.db.models import Engine
 from studies.queue import ClaimedJob
@@ -83,12 +84,28 @@ class RayOptions:
     address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray starts
     pack: int = 8  # most cells in one Tune trial
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0})  # per pack
-    lease_seconds: float = 60.0
-    heartbeat_seconds: float = 10.0
-    poll_seconds: float = 5.0
-    max_attempts: int = 3  # Tune retries a pack max_attempts - 1 times
+    lease_seconds: float = setting_default("lease_seconds")
+    heartbeat_seconds: float = setting_default("heartbeat_seconds")
+    poll_seconds: float = setting_default("poll_seconds")
+    max_attempts: int = setting_default("max_attempts")  # Tune retries a pack max_attempts - 1 times
     storage_path: str | None = None  # Tune's experiment directory (default: Ray's)
     num_cpus: int | None = None  # for a local Ray only
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> RayOptions:
+        """The deployment's database, Ray address and storage, lease timings and attempts, with
+        these options (an `address` of None among them keeps the deployment's)."""
+        address = options.pop("address", None) or settings.ray_address
+        return cls(
+            database_url=settings.database_url,
+            address=address,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            poll_seconds=settings.poll_seconds,
+            max_attempts=settings.max_attempts,
+            storage_path=settings.ray_storage_path,
+            **options,
+        )
 
 
 @dataclass

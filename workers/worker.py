@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from deployment.settings import Settings, setting_default
 from studies import queue
 from studies.db.models import Engine, WorkerStatus
 from studies.lstm import PackedHDetachLSTM
@@ -84,9 +85,9 @@ class WorkerOptions:
     database_url: str
     device: str = "cpu"
     pack: int = 8
-    lease_seconds: float = 60.0
-    heartbeat_seconds: float = 10.0
-    poll_seconds: float = 2.0
+    lease_seconds: float = setting_default("lease_seconds")
+    heartbeat_seconds: float = setting_default("heartbeat_seconds")
+    poll_seconds: float = setting_default("poll_seconds")
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     max_packs: int | None = None  # stop after this many packs (tests, benchmarks)
     exit_when_idle: bool = False  # stop when the queue is empty instead of polling
@@ -94,6 +95,17 @@ class WorkerOptions:
     max_backoff_seconds: float = 60.0  # longest wait after an infrastructure failure
     settle_tries: int = 5  # tries at recording a trained pack while the database is away
     database_patience_seconds: float = 120.0  # how long start-up waits for an unreachable database
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> WorkerOptions:
+        """The deployment's database and lease timings, with these options."""
+        return cls(
+            database_url=settings.database_url,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            poll_seconds=settings.poll_seconds,
+            **options,
+        )
 
 
 class Worker(Executor):

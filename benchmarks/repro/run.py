@@ -137,8 +137,8 @@ def _run_workers(
 
 def run_study(name: str, workers: int, device: str, threads: int | None) -> dict[str, Any]:
     """Submit the claim's spec to a fresh database, work it off, read the results back."""
-    from hdetach.settings import Settings
-    from hdetach.studies_app import Backend
+    from deployment.backend import Backend
+    from deployment.settings import Settings
     from studies import queue
     from studies.db.models import FINISHED_STUDY
     from studies.results import study_summary, trial_row

@@ -121,7 +121,9 @@ class GraphedStep:
             _restore(tensors, expected)
             why = f"{type(error).__name__}: {error}".splitlines()[0]
             if self.required:
-                raise RuntimeError(f"{GRAPHS_ENV}=on, but the training step cannot be graphed: {why}") from error
+                raise RuntimeError(
+                    f"{GRAPHS_ENV}=on, but the training step cannot be graphed: {why}"
+                ) from error
             log.warning("CUDA graph not used for inputs %s (%s); the step runs eagerly", _shapes(inputs), why)
             return None
         return replay, static

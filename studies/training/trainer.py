@@ -125,13 +125,15 @@ class PackTrainer:
         self.step = 0
         # what the device step keeps, read by _collect_steps: whether each trial still trains, the
         # step at which it diverged (-1: it did not), its training losses since the last evaluation
-        on = {"device": self.device}
-        self._active_on = torch.ones(K, dtype=torch.bool, **on)
-        self._diverged_at_on = torch.full((K,), -1, dtype=torch.int64, **on)
-        self._loss_sum_on = torch.zeros(K, dtype=torch.float64, **on)
-        self._loss_count_on = torch.zeros(K, dtype=torch.int64, **on)
-        self._step_on = torch.zeros((), dtype=torch.int64, **on)
-        self.graphed_step = GraphedStep.for_device(self.device, self.dtype, self._device_step, self._step_state)
+        device = self.device
+        self._active_on = torch.ones(K, dtype=torch.bool, device=device)
+        self._diverged_at_on = torch.full((K,), -1, dtype=torch.int64, device=device)
+        self._loss_sum_on = torch.zeros(K, dtype=torch.float64, device=device)
+        self._loss_count_on = torch.zeros(K, dtype=torch.int64, device=device)
+        self._step_on = torch.zeros((), dtype=torch.int64, device=device)
+        self.graphed_step = GraphedStep.for_device(
+            self.device, self.dtype, self._device_step, self._step_state
+        )
         # read the device's outcome after every step where that costs nothing (no device to wait for)
         self.collect_every_step = self.device.type == "cpu"
 
@@ -232,7 +234,13 @@ class PackTrainer:
     def _step_state(self) -> list[Tensor]:
         """Every tensor _device_step changes (a graphed step is checked against the eager one on these)."""
         moments = [t for state in self.optimizer.state.values() for t in state.values()]
-        counters = [self._active_on, self._diverged_at_on, self._loss_sum_on, self._loss_count_on, self._step_on]
+        counters = [
+            self._active_on,
+            self._diverged_at_on,
+            self._loss_sum_on,
+            self._loss_count_on,
+            self._step_on,
+        ]
         return [*self.model.parameters(), *moments, *counters]
 
     def _collect_steps(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from studies.db.engine import make_engine
 from tests.conftest import POSTGRES_ADMIN
 

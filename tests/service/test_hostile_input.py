@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from tests.service.conftest import TOKEN, Server, free_port, start, stop, wait_http
 from tests.service.test_studies_api import SPEC
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory
 from studies.tracking import open_storage

@@ -69,7 +69,7 @@ def test_the_device_step_reads_nothing_back_to_the_host():
 
 def test_reading_divergences_only_at_evaluations_gives_the_same_records():
     _, every_step = _trained()
-    trainer, deferred = _trained(collect_every_step=False)
+    _, deferred = _trained(collect_every_step=False)
     assert _outcome(deferred) == _outcome(every_step)
     assert (every_step[2].status, every_step[2].diverged_at, every_step[2].steps_run) == ("diverged", 2, 1)
     assert every_step[0].steps_run == CONFIG.steps
@@ -77,7 +77,9 @@ def test_reading_divergences_only_at_evaluations_gives_the_same_records():
 
 def test_a_replayed_step_gives_the_eager_results():
     _, eager = _trained()
-    trainer, graphed = _trained(lambda t: GraphedStep(t._device_step, t._step_state, 1e-5, capture=replaying_capture))
+    trainer, graphed = _trained(
+        lambda t: GraphedStep(t._device_step, t._step_state, 1e-5, capture=replaying_capture)
+    )
     assert _outcome(graphed) == _outcome(eager)
     assert trainer.graphed_step.outcomes == {"(24, 3, 8, 1), (24, 3, 8), (24, 3)": True}
 
@@ -107,7 +109,9 @@ def test_a_failed_capture_falls_back_unless_graphs_are_required(caplog):
 
     _, eager = _trained()
     with caplog.at_level(logging.WARNING, logger="studies.training.graphs"):
-        _, fallen_back = _trained(lambda t: GraphedStep(t._device_step, t._step_state, 1e-5, capture=cannot_capture))
+        _, fallen_back = _trained(
+            lambda t: GraphedStep(t._device_step, t._step_state, 1e-5, capture=cannot_capture)
+        )
     assert _outcome(fallen_back) == _outcome(eager)
     assert [r.getMessage().count("\n") for r in caplog.records] == [0]
     with pytest.raises(RuntimeError, match=f"{GRAPHS_ENV}=on, but the training step cannot be graphed"):

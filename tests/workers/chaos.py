@@ -115,8 +115,8 @@ def run_chaos(
     backend: str, chaos_seconds: float = 20.0, workers: int = 3, seed: int = 0, seeds: int = 4
 ) -> ChaosReport:
     """`seeds` sets the grid: 2 variants x 3 learning rates x `seeds` cells."""
-    from hdetach.settings import Settings
-    from hdetach.studies_app import Backend
+    from deployment.backend import Backend
+    from deployment.settings import Settings
     from studies import queue
     from studies.db.engine import make_engine, session_factory
     from studies.spec import StudySpec

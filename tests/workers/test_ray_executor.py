@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory
 from studies.results import study_summary, trial_row

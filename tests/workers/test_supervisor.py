@@ -16,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from studies import queue
 from studies.spec import StudySpec
 from tests.workers.test_worker_processes import TINY, factory, recorded_trials_per_cell, start_worker

@@ -13,8 +13,8 @@ import torch
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from studies import queue
 from studies.lstm import KernelBuildError
 from studies.spec import StudySpec

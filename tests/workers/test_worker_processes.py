@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from hdetach.settings import Settings
-from hdetach.studies_app import Backend
+from deployment.backend import Backend
+from deployment.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory
 from studies.spec import StudySpec

@@ -1,34 +1,56 @@
-"""The application's handle on its database: our tables and Optuna's, shared by the CLI and the service."""
+"""A process's handle on its database (our tables and Optuna's), shared by every app layer."""
 
 from __future__ import annotations
 
 import contextlib
 from functools import cached_property
 from types import TracebackType
+from typing import Self
 
 import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
-from hdetach.settings import Settings
+from deployment.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
 from studies.spec import StudySpec
 from studies.tracking import create_optuna_study, open_storage
 
 
-class Backend:
-    """One engine and one Optuna storage per process; the schema is brought to head on start-up."""
+class Database:
+    """One engine, its sessions and one Optuna storage per process; the schema is brought to head
+    on opening. `pool_pre_ping=False` for executors, whose queue operations retry instead."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        upgrade(settings.database_url)
-        self.engine = make_engine(settings.database_url)
+    def __init__(self, database_url: str, pool_pre_ping: bool = True):
+        self.database_url = database_url
+        upgrade(database_url)
+        self.engine = make_engine(database_url, pool_pre_ping=pool_pre_ping)
         self.factory: sessionmaker[Session] = session_factory(self.engine)
 
     @cached_property
     def storage(self) -> RDBStorage:
-        return open_storage(self.settings.database_url)
+        return open_storage(self.database_url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if "storage" in self.__dict__:
+            self.storage.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class Backend(Database):
+    """The database as the CLI and the service use it: studies validated against this deployment's
+    limits, submitted and deleted in our tables and Optuna's together."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings.database_url)
+        self.settings = settings
 
     def parse_spec(self, text: str) -> StudySpec:
         """Validate a JSON spec against this deployment's limits (raises pydantic's ValidationError)."""
@@ -49,14 +71,3 @@ class Backend:
         # after ours: should this fail, the dashboard keeps an orphan, never the reverse
         with contextlib.suppress(KeyError):  # never registered (e.g. submitted without a Backend)
             optuna.delete_study(study_name=optuna_name, storage=self.storage)
-
-    def close(self) -> None:
-        self.engine.dispose()
-        if "storage" in self.__dict__:
-            self.storage.engine.dispose()
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -133,3 +133,8 @@ def _read_secret(path: Path, name: str) -> str:
     if not text:
         raise ValueError(f"{name}: {path} is empty")
     return text
+
+
+def setting_default(name: str) -> Any:
+    """A setting's default, for options that take the setting's value (its one home is Settings)."""
+    return Settings.model_fields[name].default
