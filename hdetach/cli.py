@@ -131,7 +131,7 @@ def train(
     if as_json:
         typer.echo(json.dumps({"task": trainer.task.description, "trials": [r.to_dict() for r in records]}))
         return
-    Console().print(results_table(trainer.task.success_metric, records))
+    Console().print(results_table(trainer.success.metric, records))
 
 
 def results_table(metric: str, records) -> Table:

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
 from studies.results import CurvePoint, TrialRow
-from studies.robustness import RobustnessSummary
+from studies.robustness import RobustnessSummary, TrialTable, read_trials
 from studies.spec import StudySpec
 
 PLOT_NAMES = ("metric_vs_lr", "success_vs_lr", "learning_curves", "steps_to_threshold")
@@ -51,6 +51,9 @@ class _Study:
     summary: RobustnessSummary
     colours: dict[str, str]  # variant name -> matplotlib colour, in spec order
     lrs: list[float]  # sorted: the spec's grid and any lr found in the rows
+    # the rows as the robustness package reads them (who ran, diverged, succeeded; which values
+    # count), so that the plots show what the summary computed; None without rows
+    table: TrialTable | None
 
     @classmethod
     def of(
@@ -63,7 +66,8 @@ class _Study:
         names = dict.fromkeys([v.name for v in spec.variants] + [r.variant for r in rows])
         colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
         lrs = sorted(set(spec.lr_values()) | {r.lr for r in rows})
-        return cls(spec, rows, curves, summary, colours, lrs)
+        table = read_trials(rows, spec.success.threshold, spec.success.higher_is_better) if rows else None
+        return cls(spec, rows, curves, summary, colours, lrs, table)
 
     @property
     def metric(self) -> str:
@@ -75,9 +79,17 @@ class _Study:
         relation = "≥" if self.summary.higher_is_better else "≤"
         return f"{self.metric} {relation} {self.spec.success.threshold:g}"
 
-    def meets_threshold(self, value: float) -> bool:
-        threshold = self.spec.success.threshold
-        return value >= threshold if self.summary.higher_is_better else value <= threshold
+    def column(self, name: str) -> np.ndarray:
+        """A column of the robustness reading, one value per row: "value" (the metric of runs that
+        count in statistics), "diverged" (1.0 where a run diverged) or "steps_if_success" (steps to
+        the threshold of successful runs); NaN where a row has none."""
+        if self.table is None:
+            return np.empty(0)
+        if name == "value":
+            return self.table.value
+        if name == "diverged":
+            return np.where(self.table.diverged, 1.0, np.nan)
+        return np.where(self.table.success, self.table.steps, np.nan)
 
     def title(self, what: str) -> str:
         task = self.spec.task
@@ -118,26 +130,13 @@ def render_plot(
 # -- reading rows --------------------------------------------------------------------------------
 
 
-def _value(row: TrialRow) -> float | None:
-    """The row's metric if it counts in metric statistics (ran, did not diverge, finite)."""
-    ok = row.state == "done" and not row.diverged and row.metric is not None and math.isfinite(row.metric)
-    return row.metric if ok else None
-
-
-def _diverged(row: TrialRow) -> bool:
-    return row.state == "done" and (
-        row.diverged or (row.metric is not None and not math.isfinite(row.metric))
-    )
-
-
-def _by_lr(
-    rows: Sequence[TrialRow], variant: str, pick: Callable[[TrialRow], float | None]
-) -> dict[float, list[float]]:
-    """{lr: [values of `pick` over the variant's rows, in seed order]}, lrs sorted, Nones dropped."""
+def _by_lr(study: _Study, variant: str, column: str) -> dict[float, list[float]]:
+    """{lr: [the variant's values of `column` (_Study.column), in seed order]}, lrs sorted, NaN dropped."""
+    values = study.column(column)
     groups: dict[float, list[float]] = {}
-    for row in sorted(rows, key=lambda r: (r.lr, r.seed)):
-        if row.variant == variant and (value := pick(row)) is not None:
-            groups.setdefault(row.lr, []).append(value)
+    for i in sorted(range(len(study.rows)), key=lambda i: (study.rows[i].lr, study.rows[i].seed)):
+        if study.rows[i].variant == variant and not math.isnan(values[i]):
+            groups.setdefault(study.rows[i].lr, []).append(float(values[i]))
     return groups
 
 
@@ -211,7 +210,7 @@ def _metric_vs_lr(study: _Study) -> Figure:
     # diverged runs have no value: marked on the worst edge (bottom when higher is better)
     edge = 0.03 if study.summary.higher_is_better else 0.97
     for slot, (variant, colour) in enumerate(study.colours.items()):
-        groups = _by_lr(study.rows, variant, _value)
+        groups = _by_lr(study, variant, "value")
         for lr, values in groups.items():
             xs = [_jittered(lr, unit, slot, len(names), i, len(values)) for i in range(len(values))]
             ax.scatter(xs, values, s=14, color=colour, alpha=0.6, linewidths=0)
@@ -225,7 +224,7 @@ def _metric_vs_lr(study: _Study) -> Figure:
             ]
             ax.fill_between(lrs, lows, highs, color=colour, alpha=0.2, lw=0)
             ax.plot(lrs, means, "-o", color=colour, ms=4, lw=1.5, label=variant)
-        diverged = _by_lr(study.rows, variant, lambda r: 1.0 if _diverged(r) else None)
+        diverged = _by_lr(study, variant, "diverged")
         for lr, marks in diverged.items():
             xs = [_jittered(lr, unit, slot, len(names), i, len(marks)) for i in range(len(marks))]
             ax.plot(xs, [edge] * len(xs), "x", color=colour, ms=6, transform=ax.get_xaxis_transform())
@@ -350,13 +349,7 @@ def _steps_to_threshold(study: _Study) -> Figure:
     ax = figure.subplots()
     figure.suptitle(study.title(f"steps until {study.criterion} (successful seeds)"), fontsize="medium")
 
-    def steps_if_success(row: TrialRow) -> float | None:
-        value, steps = _value(row), row.steps_to_threshold
-        if value is None or steps is None or not study.meets_threshold(value):
-            return None
-        return float(steps)
-
-    groups = {v: _by_lr(study.rows, v, steps_if_success) for v in study.colours}
+    groups = {v: _by_lr(study, v, "steps_if_success") for v in study.colours}
     if not any(groups.values()):
         ax.set_axis_off()
         note = "no trial reached the threshold"

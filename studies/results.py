@@ -14,19 +14,12 @@ from studies.robustness import RobustnessSummary, TrialOutcome, summarize
 from studies.spec import StudySpec
 
 
-class TrialRow(BaseModel):
-    """One grid cell: its parameters, state and outcome."""
+class TrialRow(TrialOutcome):
+    """One grid cell as the service shows it: how it ended (the TrialOutcome the robustness summary
+    reads), and its cell index, attempts, both models' test metrics, errors and timing."""
 
     cell: int
-    variant: str
-    p_detach: float
-    lr: float
-    seed: int
-    state: str = Field(description="queued, running, done, failed or cancelled")
     attempts: int
-    metric: float | None = Field(
-        None, description="test value of the study's success metric, of the model `selection` names"
-    )
     selection: Literal["best_val", "final"] = Field(
         "final", description="the model `metric` comes from (the spec's selection)"
     )
@@ -38,16 +31,6 @@ class TrialRow(BaseModel):
         default_factory=dict, description="test metrics of the model with the best validation value"
     )
     best_val_step: int | None = Field(None, description="the step that model comes from")
-    transfer: dict[str, dict[str, float]] = Field(
-        default_factory=dict,
-        description="copying with transfer_T: test metrics at each other delay (key) of the model `metric` "
-        "comes from",
-    )
-    data: str | None = Field(
-        None, description="the task and the data the trial ran on, as its worker reported"
-    )
-    steps_to_threshold: int | None = None
-    diverged: bool = False
     diverged_at: int | None = None
     error: str | None = None
     device: str | None = None
@@ -124,26 +107,11 @@ def curve_points(result: dict[str, Any]) -> list[CurvePoint]:
 
 def study_summary(spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8) -> RobustnessSummary:
     """The robustness summary of a study's cells as they stand (complete or partial)."""
-    outcomes = [
-        TrialOutcome(
-            variant=r.variant,
-            p_detach=r.p_detach,
-            lr=r.lr,
-            seed=r.seed,
-            state=r.state,
-            metric=r.metric,
-            diverged=r.diverged,
-            steps_to_threshold=r.steps_to_threshold,
-            transfer={T: m["accuracy"] for T, m in r.transfer.items() if "accuracy" in m},
-            data=r.data,
-        )
-        for r in rows
-    ]
     return summarize(
-        outcomes,
+        rows,
         metric=spec.success.metric,
         threshold=spec.success.threshold,
-        higher_is_better=spec.success.metric == "accuracy",
+        higher_is_better=spec.success.higher_is_better,
         baseline=spec.baseline_variant,
         robust_level=robust_level,
     )

@@ -30,7 +30,7 @@ from studies.mnist_idx import (
     idx_image_counts,
 )
 from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
-from studies.training.config import TaskConfig, TrainingConfig, TrialParams
+from studies.training.config import SuccessRule, TaskConfig, TrainingConfig, TrialParams
 
 
 class SpecLimits(BaseModel):
@@ -134,9 +134,11 @@ class BudgetSpec(_Strict):
         return value
 
 
-class SuccessSpec(_Strict):
-    metric: Literal["accuracy", "mse", "loss"] = "accuracy"
-    threshold: float = Field(0.99, description="a finite number")
+class SuccessSpec(SuccessRule):
+    """The study's success rule (metric, direction, threshold), and whether a trial ends on success."""
+
+    model_config = _Strict.model_config
+
     stop_on_success: bool = False
 
 

@@ -51,7 +51,7 @@ def _sqlite_optuna_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def direction(spec: StudySpec) -> optuna.study.StudyDirection:
-    maximize = spec.success.metric == "accuracy"
+    maximize = spec.success.higher_is_better
     return optuna.study.StudyDirection.MAXIMIZE if maximize else optuna.study.StudyDirection.MINIMIZE
 
 

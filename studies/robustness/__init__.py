@@ -15,7 +15,7 @@ no torch.
 """
 
 from studies.robustness._curves import expected_max
-from studies.robustness._outcome import TrialOutcome, TrialState
+from studies.robustness._outcome import TrialOutcome, TrialState, TrialTable, read_trials
 from studies.robustness._schema import (
     Comparison,
     LRStats,
@@ -37,8 +37,10 @@ __all__ = [
     "TransferStats",
     "TrialOutcome",
     "TrialState",
+    "TrialTable",
     "VariantSummary",
     "expected_max",
+    "read_trials",
     "summarize",
     "wilson_interval",
 ]

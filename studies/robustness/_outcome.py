@@ -42,15 +42,18 @@ class TrialOutcome(BaseModel):
     seed: int = Field(description="training seed")
     state: TrialState = Field(description="job state of the trial")
     metric: float | None = Field(
-        None, description="final value of the success metric; None if unavailable, NaN/inf if it blew up"
+        None,
+        description="test value of the success metric, of the model the study's selection names; None if "
+        "unavailable, NaN/inf if it blew up",
     )
     diverged: bool = Field(False, description="training diverged (loss became NaN/inf)")
     steps_to_threshold: int | None = Field(
         None, ge=0, description="optimizer steps until the metric first reached the threshold"
     )
-    transfer: dict[str, float] = Field(
+    transfer: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="copying: accuracy of the same model tested at other delays, keyed by the delay",
+        description="copying with transfer_T: test metrics at each other delay (key) of the model `metric` "
+        "comes from",
     )
     data: str | None = Field(None, description="the task and data the trial ran on, in words")
 

@@ -20,7 +20,8 @@ def transfer_stats(outcomes: Sequence[TrialOutcome]) -> list[TransferStats]:
         order.setdefault(trial.variant, len(order))
         if trial.state != "done" or trial.diverged:
             continue
-        for T, value in trial.transfer.items():
+        for T, metrics in trial.transfer.items():
+            value = metrics.get("accuracy", math.nan)
             if math.isfinite(value):
                 groups.setdefault((trial.variant, trial.lr, int(T)), []).append(value)
     return [

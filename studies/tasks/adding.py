@@ -54,7 +54,6 @@ class AddingTask(Task):
     loss_on = "last"
     success_metric = "mse"
     success_threshold = 0.01
-    higher_is_better = False
 
     def __init__(self, T: int, n_test: int = 2000, n_val: int = 1000, data_seed: int = 0):
         if T < 2:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from studies.training.config import Metric
+
 Tensor = torch.Tensor
 
 EVAL_SPLITS = ("val", "test")
@@ -37,9 +39,8 @@ class Task(ABC):
     output_size: int
     seq_len: int
     loss_on: str
-    success_metric: str
+    success_metric: Metric  # the default success rule: its direction lives in SuccessRule
     success_threshold: float
-    higher_is_better: bool
     description: str
 
     @abstractmethod
@@ -73,12 +74,6 @@ class Task(ABC):
         MNIST with a per-seed permutation gives each trial its own pixel order. The trainer packs
         trials whose views differ by stacking each view's inputs (same targets, same order)."""
         return self
-
-    def is_success(self, value: float) -> bool:
-        """Whether a value of `success_metric` meets the success threshold."""
-        if self.higher_is_better:
-            return value >= self.success_threshold
-        return value <= self.success_threshold
 
 
 def check_eval_split(split: str) -> None:

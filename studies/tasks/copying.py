@@ -73,7 +73,6 @@ class CopyingTask(Task):
     loss_on = "all"
     success_metric = "accuracy"
     success_threshold = 0.99
-    higher_is_better = True
 
     def __init__(
         self,

@@ -48,7 +48,6 @@ class SequentialMNISTTask(Task):
     loss_on = "last"
     success_metric = "accuracy"
     success_threshold = 0.9
-    higher_is_better = True
 
     def __init__(
         self,

