@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+from studies.training.sections import BudgetSpec, ModelSpec
 
 LRS = [1e-4, 3e-4, 1e-3, 3e-3]
 SEEDS = [1, 2, 3, 4, 5]
@@ -54,15 +55,16 @@ def main() -> None:
     args = parser.parse_args()
     config = TrainingConfig(
         task=TaskConfig(name="copying", T=100, n_val=100, n_test=100),
-        hidden_size=128,
-        steps=args.steps,
-        batch_size=100,
-        eval_every=args.steps,
-        eval_batch_size=100,
+        model=ModelSpec(hidden_size=128),
+        budget=BudgetSpec(steps=args.steps, batch_size=100, eval_every=args.steps, eval_batch_size=100),
     )
     trials = grid()
     PackTrainer(
-        config.model_copy(update={"steps": 1, "eval_every": 1}), trials[:2], args.device
+        config.model_copy(
+            update={"budget": BudgetSpec(steps=1, batch_size=100, eval_every=1, eval_batch_size=100)}
+        ),
+        trials[:2],
+        args.device,
     ).run()  # warm-up
     n_seq = min(args.sequential_trials, len(trials))
     packs = [trials[i : i + args.pack] for i in range(0, len(trials), args.pack)]

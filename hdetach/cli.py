@@ -69,8 +69,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Train one trial, or a pack of trials (every variant x lr x seed) as one stacked computation."""
-    from studies.tasks import MNISTNotFoundError
+    from studies.tasks import MNISTNotFoundError, default_success
     from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+    from studies.training.sections import BudgetSpec, ModelSpec, SuccessSpec, TrainingOptions
 
     if variant is None:
         variant = ["h-detach"]
@@ -88,12 +89,12 @@ def train(
             task_config = TaskConfig(name=task, mnist_root=root, allow_subset=root is None)
         config = TrainingConfig(
             task=task_config,
-            hidden_size=hidden_size,
-            steps=steps,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            p_off_fraction=p_off_fraction,
-            stop_on_success=stop_on_success,
+            model=ModelSpec(hidden_size=hidden_size),
+            budget=BudgetSpec(steps=steps, batch_size=batch_size, eval_every=eval_every),
+            success=SuccessSpec(**default_success(task).model_dump(), stop_on_success=True)
+            if stop_on_success
+            else None,
+            training=TrainingOptions(p_off_fraction=p_off_fraction),
         )
         p = DEFAULT_P[task] if p_detach is None else p_detach
         trials = [
@@ -125,7 +126,7 @@ def train(
         console=console,
         disable=as_json or not sys.stderr.isatty(),
     ) as progress:
-        bar = progress.add_task(f"{task} K={len(trials)}", total=config.steps)
+        bar = progress.add_task(f"{task} K={len(trials)}", total=config.budget.steps)
         records = trainer.run(on_step=lambda step: progress.update(bar, completed=step))
 
     if as_json:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from studies.mnist_idx import (
     FULL_MNIST,
@@ -30,65 +30,45 @@ from studies.mnist_idx import (
     idx_image_counts,
 )
 from studies.storable import DB_INT_MAX, JSONInt, Seed, StorableText
-from studies.training.config import SuccessRule, TaskConfig, TrainingConfig, TrialParams
+from studies.training.config import TaskConfig, TrainingConfig, TrialParams, check_vanilla_has_no_detach
+from studies.training.sections import (
+    DEFAULT_LIMITS,
+    BudgetSpec,
+    ModelSpec,
+    SpecLimits,
+    StrictModel,
+    SuccessSpec,
+    TrainingOptions,
+    context_limits,
+)
+
+# the spec's own models, and the sections a trainer runs on (studies.training.sections), which it re-exports
+__all__ = [
+    "DEFAULT_LIMITS",
+    "BudgetSpec",
+    "GridCell",
+    "LearningRateRange",
+    "ModelSpec",
+    "SpecLimits",
+    "StudySpec",
+    "SuccessSpec",
+    "TrainingOptions",
+    "VariantSpec",
+    "mnist_source",
+]
 
 
-class SpecLimits(BaseModel):
-    """What a deployment accepts: upper bounds on submitted studies, and where MNIST may be read.
-
-    `mnist_dir` is the one directory (with everything below it) a spec's `task.mnist_root` may
-    name; an MNIST spec without `mnist_root` trains on it when it holds the IDX files. Without it,
-    or without the files, an MNIST study needs `"allow_subset": true` (see `mnist_source`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_grid_size: int = 10_000
-    max_T: int = 2_000
-    max_steps: int = 1_000_000
-    max_hidden_size: int = 2_048
-    mnist_dir: str | None = None
-
-
-DEFAULT_LIMITS = SpecLimits()
-
-
-def _limits(info: ValidationInfo) -> SpecLimits | None:
-    """The limits passed in the validation context; without them (plain parsing) none apply."""
-    limits = (info.context or {}).get("limits")
-    if limits is None or isinstance(limits, SpecLimits):
-        return limits
-    return SpecLimits(**limits)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class ModelSpec(_Strict):
-    hidden_size: JSONInt = Field(128, ge=1, description="LSTM hidden size")
-    num_layers: JSONInt = Field(1, ge=1, le=4)
-
-    @field_validator("hidden_size")
-    @classmethod
-    def _hidden_within_limits(cls, value: int, info: ValidationInfo) -> int:
-        limits = _limits(info)
-        if limits is not None and value > (limit := limits.max_hidden_size):
-            raise ValueError(f"hidden_size {value} exceeds this deployment's limit of {limit}")
-        return value
-
-
-class VariantSpec(_Strict):
+class VariantSpec(StrictModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")
     p_detach: float = Field(ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _vanilla_has_no_detach(self) -> VariantSpec:
-        if self.name == "vanilla" and self.p_detach != 0.0:
-            raise ValueError("variant 'vanilla' must have p_detach = 0")
+        check_vanilla_has_no_detach(self.name, self.p_detach)
         return self
 
 
-class LearningRateRange(_Strict):
+class LearningRateRange(StrictModel):
     """`num` learning rates from `low` to `high`, log-spaced by default."""
 
     low: float = Field(gt=0.0, allow_inf_nan=False)
@@ -119,42 +99,7 @@ class LearningRateRange(_Strict):
         return [float(f"{v:.6g}") for v in grid]
 
 
-class BudgetSpec(_Strict):
-    steps: JSONInt = Field(2000, ge=1, description="optimizer steps per trial")
-    eval_every: JSONInt = Field(100, ge=1)
-    batch_size: JSONInt = Field(100, ge=1, le=10_000)
-    eval_batch_size: JSONInt = Field(500, ge=1, le=100_000)
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_within_limits(cls, value: int, info: ValidationInfo) -> int:
-        limits = _limits(info)
-        if limits is not None and value > (limit := limits.max_steps):
-            raise ValueError(f"steps {value} exceeds this deployment's limit of {limit}")
-        return value
-
-
-class SuccessSpec(SuccessRule):
-    """The study's success rule (metric, direction, threshold), and whether a trial ends on success."""
-
-    model_config = _Strict.model_config
-
-    stop_on_success: bool = False
-
-
-class TrainingOptions(_Strict):
-    """Optimisation settings; the defaults are the paper's (Adam, clipping at 1.0)."""
-
-    clip_norm: float | None = Field(1.0, gt=0.0, description="gradient-norm clipping; null for none")
-    p_off_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="switch p_detach off for this final fraction"
-    )
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    eps: float = Field(1e-8, gt=0.0)
-
-
-class StudySpec(_Strict):
+class StudySpec(StrictModel):
     """A robustness study: every variant x learning rate x seed, trained on one task."""
 
     name: StorableText = Field(min_length=1, max_length=200)
@@ -180,7 +125,7 @@ class StudySpec(_Strict):
     @field_validator("task")
     @classmethod
     def _task_within_limits(cls, task: TaskConfig, info: ValidationInfo) -> TaskConfig:
-        limits = _limits(info)
+        limits = context_limits(info)
         if limits is None:
             return task
         for name, T in [("T", task.T), *(("transfer_T", t) for t in task.transfer_T)]:
@@ -220,7 +165,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _grid_and_baseline(self, info: ValidationInfo) -> StudySpec:
-        limits = _limits(info)
+        limits = context_limits(info)
         if limits is not None and self.grid_size > (limit := limits.max_grid_size):
             raise ValueError(f"grid of {self.grid_size} trials exceeds this deployment's limit of {limit}")
         if self.baseline is not None and self.baseline not in {v.name for v in self.variants}:
@@ -247,22 +192,10 @@ class StudySpec(_Strict):
         ]
 
     def training_config(self) -> TrainingConfig:
-        """The settings every trial of this study shares (so any of its trials can share a pack)."""
+        """The settings every trial of this study shares (so any of its trials can share a pack): the
+        spec's sections as they are."""
         return TrainingConfig(
-            task=self.task,
-            hidden_size=self.model.hidden_size,
-            num_layers=self.model.num_layers,
-            steps=self.budget.steps,
-            batch_size=self.budget.batch_size,
-            eval_every=self.budget.eval_every,
-            eval_batch_size=self.budget.eval_batch_size,
-            p_off_fraction=self.training.p_off_fraction,
-            stop_on_success=self.success.stop_on_success,
-            beta1=self.training.beta1,
-            beta2=self.training.beta2,
-            eps=self.training.eps,
-            success_metric=self.success.metric,
-            success_threshold=self.success.threshold,
+            task=self.task, model=self.model, budget=self.budget, success=self.success, training=self.training
         )
 
     @property
@@ -340,7 +273,7 @@ def _idx_counts(directory: str, allowed: str) -> tuple[int, int] | str:
         return f"holds IDX files that are not MNIST's ({error})"
 
 
-class GridCell(_Strict):
+class GridCell(StrictModel):
     index: int
     variant: str
     p_detach: float

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any, TypeVar
 
 from optuna.storages import RDBStorage
@@ -248,15 +247,13 @@ class PackAttempt:
     recorded: set[int] = field(default_factory=set)  # job ids whose result is in our tables
     settle_calls: int = 0
 
-    @cached_property
+    @property
     def spec(self) -> StudySpec:
-        return StudySpec.model_validate_json(self.jobs[0].spec_json)
+        """The pack's spec (its jobs share one pack key, so one spec)."""
+        return self.jobs[0].spec
 
     def cells(self) -> list[GridCell]:
-        return [
-            GridCell(index=j.cell_index, variant=j.variant, p_detach=j.p_detach, lr=j.lr, seed=j.seed)
-            for j in self.jobs
-        ]
+        return [job.cell for job in self.jobs]
 
     def __post_init__(self) -> None:
         if len({job.study_id for job in self.jobs}) != 1:

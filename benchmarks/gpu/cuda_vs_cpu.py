@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+from studies.training.sections import BudgetSpec, ModelSpec
 
 TRIALS = [
     TrialParams(variant="vanilla", p_detach=0.0, lr=3e-3, seed=1),
@@ -44,11 +45,8 @@ def main() -> None:
     for dtype in ("float64", "float32"):
         config = TrainingConfig(
             task=TaskConfig(name="copying", T=20, n_val=500, n_test=1000),
-            hidden_size=64,
-            steps=200,
-            batch_size=100,
-            eval_every=50,
-            eval_batch_size=500,
+            model=ModelSpec(hidden_size=64),
+            budget=BudgetSpec(steps=200, batch_size=100, eval_every=50, eval_batch_size=500),
             dtype=dtype,
         )
         records, seconds = {}, {}

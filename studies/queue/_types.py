@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from studies.db.models import JobState, StudyStatus
+from studies.spec import GridCell, StudySpec
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,19 @@ class ClaimedJob:
     pack_key: str  # equal keys: one packed training run
     spec_json: str
     optuna_study_name: str
+
+    @cached_property
+    def spec(self) -> StudySpec:
+        """The study's spec, parsed once (when first asked: a spec this version refuses fails the
+        pack that needs it, not the claim)."""
+        return StudySpec.model_validate_json(self.spec_json)
+
+    @property
+    def cell(self) -> GridCell:
+        """The grid point this job trains."""
+        return GridCell(
+            index=self.cell_index, variant=self.variant, p_detach=self.p_detach, lr=self.lr, seed=self.seed
+        )
 
 
 @dataclass(frozen=True)

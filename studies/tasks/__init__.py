@@ -5,7 +5,7 @@ from studies.tasks.adding import AddingTask
 from studies.tasks.base import Task
 from studies.tasks.copying import CopyingTask
 from studies.tasks.mnist_data import MNISTData, MNISTNotFoundError, load_mnist
-from studies.tasks.registry import TASK_NAMES, make_task
+from studies.tasks.registry import TASK_NAMES, default_success, make_task
 from studies.tasks.sequential_mnist import SequentialMNISTTask
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "MNISTNotFoundError",
     "SequentialMNISTTask",
     "Task",
+    "default_success",
     "load_mnist",
     "make_task",
 ]

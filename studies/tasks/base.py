@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studies.training.config import Metric
+from studies.training.sections import Metric
 
 Tensor = torch.Tensor
 

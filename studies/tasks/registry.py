@@ -10,8 +10,21 @@ from studies.tasks.base import Task
 from studies.tasks.copying import CopyingTask
 from studies.tasks.mnist_data import MNISTData, load_mnist
 from studies.tasks.sequential_mnist import SequentialMNISTTask
+from studies.training.sections import SuccessRule
 
 TASK_NAMES = ("copying", "adding", "pixel_mnist", "permuted_mnist")
+_TASK_CLASSES: dict[str, type[Task]] = {
+    "copying": CopyingTask,
+    "adding": AddingTask,
+    "pixel_mnist": SequentialMNISTTask,
+    "permuted_mnist": SequentialMNISTTask,
+}
+
+
+def default_success(name: str) -> SuccessRule:
+    """The task's own success rule (its metric and threshold), without building the task."""
+    task_class = _TASK_CLASSES[name]
+    return SuccessRule(metric=task_class.success_metric, threshold=task_class.success_threshold)
 
 
 def _mnist_task(

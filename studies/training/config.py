@@ -13,6 +13,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from studies.storable import JSONInt, Seed, StorableText
+from studies.training.sections import (
+    BudgetSpec,
+    Metric,
+    ModelSpec,
+    SuccessRule,
+    SuccessSpec,
+    TrainingOptions,
+)
 
 PAPER_CLIP_NORM = 1.0  # gradient-norm clipping in the authors' code
 PAPER_BATCH_SIZE = 100
@@ -32,8 +40,6 @@ DEFAULT_T = 100  # copying delay / adding length when a spec gives none
 MAX_TRAIN_SET = 1_000_000  # largest fixed copying training set (train_size); the authors used 100,000
 MAX_TRANSFER_T = 8  # most delays a copying study may also test at (transfer_T)
 _SEQUENCE_TASKS = ("copying", "adding")
-Metric = Literal["accuracy", "mse", "loss"]
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "mse": False, "loss": False}
 _MNIST_TASKS = ("pixel_mnist", "permuted_mnist")
 
 
@@ -151,66 +157,36 @@ class TaskConfig(BaseModel):
         return opts
 
 
-class SuccessRule(BaseModel):
-    """What a good outcome is: the success metric, its direction and its threshold. The one home of
-    "higher is better" and of "meets the threshold" (the study's `success`, the trainer's rule)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    metric: Metric = "accuracy"
-    threshold: float = Field(0.99, description="a finite number")
-
-    @property
-    def higher_is_better(self) -> bool:
-        return HIGHER_IS_BETTER[self.metric]
-
-    def meets(self, value: float) -> bool:
-        """Whether a value of the metric is at least as good as the threshold (accuracy: >=; mse,
-        loss: <=). NaN never does."""
-        return value >= self.threshold if self.higher_is_better else value <= self.threshold
-
-    def better(self, value: float, than: float) -> bool:
-        """Whether `value` is strictly better than `than` (a tie is not)."""
-        return value > than if self.higher_is_better else value < than
-
-
 class TrainingConfig(BaseModel):
-    """Settings shared by every trial of a pack (defaults follow the paper's code)."""
+    """Settings shared by every trial of a pack: a study spec's sections as they are (defaults follow
+    the paper's code), and the floating-point type. Each trial's own settings are its TrialParams,
+    `training.clip_norm` included (a study gives every trial the same; a pack may mix them)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: TaskConfig = TaskConfig()
-    hidden_size: int = Field(128, ge=1)
-    num_layers: int = Field(1, ge=1)
-    steps: int = Field(2000, ge=1, description="optimizer steps")
-    batch_size: int = Field(PAPER_BATCH_SIZE, ge=1)
-    eval_every: int = Field(100, ge=1, description="evaluate on the validation set every N steps")
-    eval_batch_size: int = Field(500, ge=1)
-    p_off_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="switch p_detach off for this final fraction of the steps"
-    )
-    stop_on_success: bool = Field(
-        False, description="end a trial once its validation metric meets the threshold"
-    )
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    eps: float = Field(1e-8, gt=0.0)
+    model: ModelSpec = ModelSpec()
+    budget: BudgetSpec = BudgetSpec()
+    success: SuccessSpec | None = Field(None, description="None: the task's default rule, no stop on success")
+    training: TrainingOptions = TrainingOptions()
     dtype: Literal["float32", "float64"] = "float32"
-    success_metric: Metric | None = Field(None, description="default: the task's")
-    success_threshold: float | None = Field(None, description="default: the task's")
+
+    @property
+    def stop_on_success(self) -> bool:
+        return self.success is not None and self.success.stop_on_success
 
     def success_rule(self, task_metric: Metric, task_threshold: float) -> SuccessRule:
-        """This config's success rule, the task's defaults filling what it leaves unset."""
-        return SuccessRule(
-            metric=self.success_metric or task_metric,
-            threshold=task_threshold if self.success_threshold is None else self.success_threshold,
-        )
+        """This config's success rule, or the task's default one."""
+        if self.success is not None:
+            return self.success
+        return SuccessRule(metric=task_metric, threshold=task_threshold)
 
     @property
     def p_off_step(self) -> int:
         """First step (counted from 0) at which p_detach is switched off: the last
         round(p_off_fraction * steps) steps run without h-detach."""
-        return self.steps - round(self.p_off_fraction * self.steps)
+        steps = self.budget.steps
+        return steps - round(self.training.p_off_fraction * steps)
 
     def detach_on(self, step: int) -> bool:
         """Whether the step with 0-based index `step` (the step-th update) draws h-detach masks.
@@ -234,9 +210,14 @@ class TrialParams(BaseModel):
 
     @model_validator(mode="after")
     def _vanilla_has_no_detach(self) -> TrialParams:
-        if self.variant == "vanilla" and self.p_detach != 0.0:
-            raise ValueError("variant 'vanilla' must have p_detach = 0")
+        check_vanilla_has_no_detach(self.variant, self.p_detach)
         return self
+
+
+def check_vanilla_has_no_detach(variant: str, p_detach: float) -> None:
+    """The one rule tying a variant's name to its p_detach (a trial's, a study's variants)."""
+    if variant == "vanilla" and p_detach != 0.0:
+        raise ValueError("variant 'vanilla' must have p_detach = 0")
 
 
 SEED_PURPOSES = {"init": 0, "data": 1, "mask": 2, "task": 3}  # task: e.g. its own pixel permutation

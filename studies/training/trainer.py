@@ -38,7 +38,7 @@ from studies.training.config import TrainingConfig, TrialParams, derived_seed
 from studies.training.graphs import GraphedStep
 from studies.training.model import PackedSequenceModel
 
-CHECKPOINT_VERSION = 2  # 2: the best-validation weights and fields
+CHECKPOINT_VERSION = 3  # 2: the best-validation weights and fields; 3: the config holds the spec's sections
 
 # once per evaluation: {trial index in the pack: its curve point} for the trials still running
 EvalCallback = Callable[[dict[int, dict[str, float]]], None]
@@ -94,14 +94,17 @@ class PackTrainer:
         self.model = PackedSequenceModel.for_trials(
             self.trials,
             self.task.input_size,
-            config.hidden_size,
+            config.model.hidden_size,
             self.task.output_size,
-            config.num_layers,
+            config.model.num_layers,
             self.task.loss_on,
         ).to(device=self.device, dtype=self.dtype)
         self.lr = torch.tensor([t.lr for t in self.trials], dtype=torch.float64)
         self.optimizer = PackedAdam(
-            self.model.parameters(), self.lr, (config.beta1, config.beta2), config.eps
+            self.model.parameters(),
+            self.lr,
+            (config.training.beta1, config.training.beta2),
+            config.training.eps,
         )
         self.optimizer.init_state()
         self.max_norm = torch.tensor(
@@ -109,7 +112,8 @@ class PackTrainer:
             device=self.device,
             dtype=self.dtype,
         )
-        self.p_detach = torch.tensor([t.p_detach for t in self.trials])
+        # each trial's p_detach from where it lives (the model's buffer), on the host, where masks are drawn
+        self.p_detach = self.model.lstm.p_detach.detach().to("cpu", torch.float32)
         self.data_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "data")) for t in self.trials]
         self.mask_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "mask")) for t in self.trials]
         self.success = config.success_rule(self.task.success_metric, self.task.success_threshold)
@@ -149,13 +153,13 @@ class PackTrainer:
         returns with status "interrupted". `max_steps` stops early the same way (for tests).
         """
         cfg = self.config
-        while self.step < cfg.steps and any(self.active):
+        while self.step < cfg.budget.steps and any(self.active):
             started = time.perf_counter()
             self._train_step()
             self._add_wall_time(time.perf_counter() - started)
             if on_step is not None:
                 on_step(self.step)
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.budget.eval_every == 0 or self.step == cfg.budget.steps:
                 started = time.perf_counter()
                 self._evaluate_and_record(on_eval)
                 self._add_wall_time(time.perf_counter() - started)
@@ -189,7 +193,7 @@ class PackTrainer:
         p_on = cfg.detach_on(self.step)
         for k in range(K):
             if self.active[k]:
-                x, y = self.trial_tasks[k].train_batch(cfg.batch_size, self.data_gens[k])
+                x, y = self.trial_tasks[k].train_batch(cfg.budget.batch_size, self.data_gens[k])
                 u = torch.rand(task.seq_len, generator=self.mask_gens[k])
                 blocked = u < self.p_detach[k] if p_on else torch.zeros(task.seq_len, dtype=torch.bool)
             else:  # a finished trial keeps its slot but draws nothing from its generators
@@ -257,7 +261,7 @@ class PackTrainer:
     @property
     def _idle_batch(self) -> tuple[Tensor, Tensor]:
         if not hasattr(self, "_idle"):
-            x, y = self.task.train_batch(self.config.batch_size, torch.Generator().manual_seed(0))
+            x, y = self.task.train_batch(self.config.budget.batch_size, torch.Generator().manual_seed(0))
             self._idle = (torch.zeros_like(x), torch.zeros_like(y))
         return self._idle
 
@@ -287,11 +291,11 @@ class PackTrainer:
         if all(view is task for view in views):
             batches = (
                 (x.to(self.device, self.dtype).unsqueeze(1).expand(-1, K, -1, -1), y)  # (T, K, B, I)
-                for x, y in task.eval_batches(split, self.config.eval_batch_size)
+                for x, y in task.eval_batches(split, self.config.budget.eval_batch_size)
             )
         else:  # same targets in the same order; the inputs differ per view
             per_view = zip(
-                *(view.eval_batches(split, self.config.eval_batch_size) for view in views), strict=True
+                *(view.eval_batches(split, self.config.budget.eval_batch_size) for view in views), strict=True
             )
             batches = (
                 (torch.stack([x for x, _ in group], dim=1).to(self.device, self.dtype), group[0][1])

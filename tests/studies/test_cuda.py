@@ -13,6 +13,7 @@ import torch
 from studies import HDetachLSTM, PackedHDetachLSTM
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
 from studies.training.graphs import GRAPHS_ENV
+from studies.training.sections import BudgetSpec, ModelSpec
 from workers.worker import check_device
 
 pytestmark = [
@@ -22,11 +23,8 @@ pytestmark = [
 
 CONFIG = TrainingConfig(
     task=TaskConfig(name="copying", T=6, n_val=100, n_test=200),
-    hidden_size=16,
-    steps=30,
-    batch_size=8,
-    eval_every=10,
-    eval_batch_size=100,
+    model=ModelSpec(hidden_size=16),
+    budget=BudgetSpec(steps=30, batch_size=8, eval_every=10, eval_batch_size=100),
     dtype="float64",
 )
 TRIALS = [

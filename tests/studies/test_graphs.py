@@ -13,14 +13,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
 from studies.training.graphs import GRAPHS_ENV, GraphedStep, graphs_choice
+from studies.training.sections import BudgetSpec, ModelSpec
 
 CONFIG = TrainingConfig(
     task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
-    hidden_size=8,
-    steps=24,
-    batch_size=8,
-    eval_every=8,
-    eval_batch_size=256,
+    model=ModelSpec(hidden_size=8),
+    budget=BudgetSpec(steps=24, batch_size=8, eval_every=8, eval_batch_size=256),
 )
 TRIALS = [
     TrialParams(variant="vanilla", p_detach=0.0, lr=1e-3, seed=1),
@@ -72,7 +70,7 @@ def test_reading_divergences_only_at_evaluations_gives_the_same_records():
     _, deferred = _trained(collect_every_step=False)
     assert _outcome(deferred) == _outcome(every_step)
     assert (every_step[2].status, every_step[2].diverged_at, every_step[2].steps_run) == ("diverged", 2, 1)
-    assert every_step[0].steps_run == CONFIG.steps
+    assert every_step[0].steps_run == CONFIG.budget.steps
 
 
 def test_a_replayed_step_gives_the_eager_results():

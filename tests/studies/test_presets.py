@@ -38,7 +38,7 @@ def test_adding_preset_is_the_demos_cpu_regime_with_lower_is_better_mse():
     assert spec.budget.steps == 1500 and spec.budget.batch_size == 32
     assert spec.success.metric == "mse" and spec.success.threshold == 0.01
     config = spec.training_config()
-    assert config.success_metric == "mse" and config.success_threshold == 0.01
+    assert config.success is not None and (config.success.metric, config.success.threshold) == ("mse", 0.01)
 
 
 def test_overrides_merge_nested_objects_and_replace_the_rest():
@@ -65,7 +65,7 @@ def test_paper_presets_switch_h_detach_off_for_the_authors_final_epochs(name):
     epochs = 600 if name.startswith("copying") else 200  # the authors' n_epochs
     assert spec.training.p_off_fraction == pytest.approx(39 / epochs)
     config = spec.training_config()
-    assert config.steps - config.p_off_step == round(39 / epochs * spec.budget.steps) > 0
+    assert config.budget.steps - config.p_off_step == round(39 / epochs * spec.budget.steps) > 0
 
 
 def test_paper_presets_report_the_test_score_at_best_validation():

