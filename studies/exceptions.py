@@ -5,8 +5,9 @@
     ├── NotFound     no study / job / worker with that id
     └── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
 
-Late or duplicate reports on a job (`complete`, `fail`, `release`, `cancel_job`, `set_optuna_trial`)
-are routine under at-least-once delivery: the queue answers them with False rather than raising.
+Late or duplicate reports on a job (`complete_many`, `set_optuna_trials`, `fail`, `release`,
+`cancel_job`) are routine under at-least-once delivery: the queue leaves them out of the ids it
+returns, or answers False, rather than raising.
 """
 
 from __future__ import annotations
