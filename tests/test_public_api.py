@@ -1,17 +1,19 @@
 """Each package's `__all__` is what it really exports (as httpx's test_exported_members).
 
-A package's own names are the public names its `__init__.py` binds: imports from the project,
-definitions, assignments, the names under `if TYPE_CHECKING:` that mirror what it loads lazily,
-and the keys of a lazy table (a dict of name -> project module). Every own name is listed in
-`__all__`, every listed name can be got from the package, none twice. A package without `__all__`
-exports nothing of its own. What `__init__` imports from outside the project (typing, importlib,
-__future__) is not part of its face. Order is ruff's (RUF022), checked by `ruff check`.
+Every package under the top-level packages that pyproject ships is checked. A package's own
+names are the public names its `__init__.py` binds: imports from the project, definitions,
+assignments, the names under `if TYPE_CHECKING:` that mirror what it loads lazily, and the keys
+of a lazy table (a dict of name -> project module). Every own name is listed in `__all__`, every
+listed name can be got from the package, none twice. A package without `__all__` exports nothing
+of its own. What `__init__` imports from outside the project (typing, importlib, __future__) is
+not part of its face. Order is ruff's (RUF022), checked by `ruff check`.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import tomllib
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +21,9 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ("studies", "service", "workers", "hdetach")
+# the top-level packages the distribution ships (pyproject's setuptools include patterns)
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT = tuple(p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"])
 PACKAGES = sorted(
     ".".join(init.parent.relative_to(ROOT).parts)
     for top in PROJECT
