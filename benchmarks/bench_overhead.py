@@ -2,9 +2,10 @@
 
 A 40-trial copying study (2 variants x 4 learning rates x 5 seeds) is submitted to a fresh
 database and drained by one in-process worker, started beforehand as in a deployment. The
-study's wall time runs from its submission to its last result. The worker times what it
-spends inside `PackTrainer.run`, less the time the run's callbacks spend writing learning
-curves; everything else counts as overhead. The start-up of the service's backend and of the
+study's wall time runs from its submission to its last result. The worker's phases are timed
+through the hook the benchmark installs (`Worker.phase_hook`): training is the time inside
+`PackTrainer.run`, less the time the run's callbacks spend writing learning curves;
+everything else counts as overhead. The start-up of the service's backend and of the
 worker (once per process, not per study) is reported apart. Repeated `--repeats` times, a new
 database each; the median share is the figure.
 
@@ -17,6 +18,9 @@ import argparse
 import json
 import statistics
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +46,40 @@ def study_spec(steps: int) -> StudySpec:
     )
 
 
+class PhaseTimer:
+    """The worker's phase hook: seconds per phase, each phase's own (a phase entered inside
+    another, the learning curves written during training, is not counted in the outer one)."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self._nested: list[float] = []  # per open phase, the seconds spent in phases inside it
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[phase] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
+
+
 def one_run(url: str, spec: StudySpec, pack: int) -> dict[str, Any]:
     started = time.perf_counter()
     backend = Backend(Settings(database_url=url))  # creates the schema, as `hdetach db upgrade` would
     assert backend.storage is not None  # opened on first use: part of the service's start-up
     worker = Worker(WorkerOptions(database_url=url, pack=pack, exit_when_idle=True, poll_seconds=0.1))
+    timer = worker.phase_hook = PhaseTimer()
     startup = time.perf_counter() - started
     submitted = time.perf_counter()
     backend.submit(spec)
     worker.run()
     wall = time.perf_counter() - submitted
     backend.close()
-    seconds = dict(worker.seconds)
+    seconds = dict(timer.seconds)
     training = seconds.pop("training", 0.0)
     outside = {"submitting and the rest": wall - training - sum(seconds.values())} | seconds
     return {

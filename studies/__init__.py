@@ -1,6 +1,9 @@
 """hdetach-studies core: the h-detach LSTM, the paper's tasks, training, and robustness studies.
 
-Names are loaded on first use, so that a process which only queues jobs (the API) does not
+The LSTM, spec and training names are here; the job queue (`queue`), the robustness summary
+(`robustness`), a study's results read back from its jobs (`results`) and its Optuna logbook
+(`tracking`) are faces used as namespaces (`from studies import queue; queue.claim(...)`).
+Everything is loaded on first use, so that a process which only queues jobs (the API) does not
 import torch at start-up.
 """
 
@@ -20,6 +23,7 @@ _EXPORTS = {
     "TrainingConfig": "studies.training",
     "TrialParams": "studies.training",
 }
+_MODULES = ("queue", "results", "robustness", "tracking")
 
 __all__ = [
     "HDetachLSTM",
@@ -30,10 +34,15 @@ __all__ = [
     "TrainingConfig",
     "TrialParams",
     "detach_loop_lstm",
+    "queue",
+    "results",
+    "robustness",
     "sample_detach_mask",
+    "tracking",
 ]
 
 if TYPE_CHECKING:
+    from studies import queue, results, robustness, tracking
     from studies.lstm import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm, sample_detach_mask
     from studies.spec import SpecLimits, StudySpec
     from studies.training import PackTrainer, TrainingConfig, TrialParams
@@ -42,4 +51,6 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'studies' has no attribute {name!r}")

@@ -3,12 +3,11 @@
     StudiesError
     ├── SpecError    a study spec failed validation (nothing was written)
     ├── NotFound     no study / job / worker with that id
-    ├── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
-    └── LeaseLost    a worker no longer holds the job it works on (its lease expired and was reaped)
+    └── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
 
-Late or duplicate reports on a job (`complete`, `fail`, `release`, `cancel_job`, `set_optuna_trial`)
-are routine under at-least-once delivery: the queue answers them with False rather than raising;
-LeaseLost is for callers (a worker loop) that turn such an answer into control flow.
+Late or duplicate reports on a job (`complete_many`, `set_optuna_trials`, `fail`, `release`,
+`cancel_job`) are routine under at-least-once delivery: the queue leaves them out of the ids it
+returns, or answers False, rather than raising.
 """
 
 from __future__ import annotations
@@ -35,7 +34,3 @@ class NotFound(StudiesError, LookupError):
 
 class Conflict(StudiesError):
     """The operation is not allowed in the object's current state."""
-
-
-class LeaseLost(StudiesError):
-    """The lease token no longer matches a running job: another attempt owns it now."""

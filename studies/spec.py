@@ -17,7 +17,7 @@ import itertools
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -288,6 +288,3 @@ class GridCell(StrictModel):
             seed=self.seed,
             clip_norm=spec.training.clip_norm,
         )
-
-    def key(self) -> dict[str, Any]:
-        return {"variant": self.variant, "p_detach": self.p_detach, "lr": self.lr, "seed": self.seed}

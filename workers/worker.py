@@ -22,9 +22,8 @@ import socket
 import threading
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +48,17 @@ EXIT_DEVICE_UNUSABLE = 3  # the device failed its start-up check; nothing was cl
 EXIT_HALTED = 4  # stopped claiming after repeated infrastructure failures
 EXIT_DEVICE_LOST = 5  # a CUDA error left the device unusable in this process: start a fresh one
 EXIT_DATABASE_UNREACHABLE = 6  # (`hdetach worker`) the database stayed unreachable at start-up
+
+# The loop's phases, each entered through the worker's `phase_hook`: "claiming", "opening",
+# "setting up", "training", "reporting" (learning curves, written from inside "training") and
+# "settling". The hook does nothing unless a caller installs one (benchmarks/bench_overhead.py
+# times the phases with it).
+PhaseHook = Callable[[str], AbstractContextManager[object]]
+_NOTHING = nullcontext()
+
+
+def no_phase_hook(phase: str) -> AbstractContextManager[object]:
+    return _NOTHING
 
 
 def free_device_memory() -> None:
@@ -120,9 +130,7 @@ class Worker(Executor):
         self.options = options
         self.packs_done = 0
         self.device_broken: str | None = None  # the CUDA error after which this process must go
-        # Where the time goes, in seconds: "training" is inside PackTrainer.run less the time its
-        # callbacks spend writing learning curves ("reporting"); the rest of the wall time is overhead.
-        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.phase_hook: PhaseHook = no_phase_hook
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -154,7 +162,7 @@ class Worker(Executor):
         try:
             while not self.stop_requested.is_set():
                 try:
-                    with self._timed("claiming"):
+                    with self.phase_hook("claiming"):
                         if not reap_expired(self.factory, self.storage, self.options.lease_seconds) and (
                             time.monotonic() - last_sweep > self.options.lease_seconds
                         ):
@@ -241,14 +249,6 @@ class Worker(Executor):
         signal.signal(signal.SIGINT, handle)
 
     # -- one pack ---------------------------------------------------------------------------
-    @contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - started
-
     def _train_pack(self, jobs: list[ClaimedJob]) -> str | None:
         """Train and record one claimed pack; returns the infrastructure error, if there was one."""
         self.leases.hold(jobs)
@@ -271,20 +271,20 @@ class Worker(Executor):
             # out-of-memory pack's halves find the memory it held.
             traceback.clear_frames(error.__traceback__)
         else:
-            with self._timed("settling"):
+            with self.phase_hook("settling"):
                 return self._hand_over(lambda: attempt.settle(records), "recording the pack")
         if kind is FailureKind.OUT_OF_MEMORY and len(attempt.jobs) > 1 and not self.device_broken:
             return self._halve(attempt, message)
         if kind is FailureKind.INFRASTRUCTURE:
             log.warning("infrastructure error, giving the jobs back (no attempt spent): %s", message)
-            with self._timed("settling"):
+            with self.phase_hook("settling"):
                 return self._hand_over(lambda: attempt.give_back(message), "giving the jobs back") or message
-        with self._timed("settling"):  # a trial error (an OOM with one trial left, too)
+        with self.phase_hook("settling"):  # a trial error (an OOM with one trial left, too)
             return self._hand_over(lambda: attempt.fail(message), "recording the failure")
 
     def _open_and_train(self, attempt: PackAttempt) -> list[Any]:
         jobs = attempt.jobs
-        with self._timed("opening"):
+        with self.phase_hook("opening"):
             attempt.open()
         spec = attempt.spec
         log.info(
@@ -292,19 +292,16 @@ class Worker(Executor):
         )
 
         def report(points: dict[int, dict[str, float]]) -> None:
-            with self._timed("reporting"):
+            with self.phase_hook("reporting"):
                 attempt.report(points)
 
-        with self._timed("setting up"):
+        with self.phase_hook("setting up"):
             faults.hit("training", len(jobs))
             trainer = PackTrainer(
                 spec.training_config(), [c.trial_params(spec) for c in attempt.cells()], self.options.device
             )
-        reported = self.seconds["reporting"]
-        with self._timed("training"):
-            records = trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
-        self.seconds["training"] -= self.seconds["reporting"] - reported
-        return records
+        with self.phase_hook("training"):
+            return trainer.run(on_eval=report, should_stop=lambda: self._should_stop(trainer, jobs))
 
     def _halve(self, attempt: PackAttempt, message: str) -> str | None:
         """Train an out-of-memory pack as two halves, neither spending an attempt."""

@@ -180,10 +180,6 @@ class PackedHDetachLSTM(nn.Module):
             packed.load_model_state(k, m.state_dict())
         return packed
 
-    def model_state(self, k: int) -> dict[str, Tensor]:
-        """Model k's parameters as an nn.LSTM state dict."""
-        return {name: p[k].detach().clone() for name, p in self.named_parameters()}
-
     def load_model_state(self, k: int, state: dict[str, Tensor]) -> None:
         with torch.no_grad():
             for name, p in self.named_parameters():

@@ -9,14 +9,12 @@ from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, Reape
 from studies.queue.claim import claim
 from studies.queue.leases import (
     cancel_job,
-    complete,
     complete_many,
     fail,
     heartbeat,
     reap,
     release,
     retry_held,
-    set_optuna_trial,
     set_optuna_trials,
 )
 from studies.queue.reads import (
@@ -51,7 +49,6 @@ __all__ = [
     "cancel_job",
     "cancel_study",
     "claim",
-    "complete",
     "complete_many",
     "default_optuna_study_name",
     "delete_study",
@@ -69,7 +66,6 @@ __all__ = [
     "register_worker",
     "release",
     "retry_held",
-    "set_optuna_trial",
     "set_optuna_trials",
     "set_worker_status",
     "submit_study",

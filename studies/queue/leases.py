@@ -1,7 +1,8 @@
 """A claimed job's life: heartbeats, its Optuna trial, and how the attempt ends.
 
 Every report is guarded by the lease token the claim handed out, so a report from an attempt
-that has since been reaped or reclaimed changes nothing: `complete` and friends return False.
+that has since been reaped or reclaimed changes nothing: `complete_many` and `set_optuna_trials`
+leave it out of the ids they return, `release` and friends return False.
 """
 
 from __future__ import annotations
@@ -122,11 +123,6 @@ def _set_trials_statement(size: int) -> Any:
     return update(JOBS).where(*held).values(optuna_trial_id=trial_ids).returning(JOBS.c.id)
 
 
-def set_optuna_trial(factory: sessionmaker[Session], job_id: int, token: str, trial_id: int) -> bool:
-    """Record the Optuna trial of the current attempt; False if the lease is no longer held."""
-    return job_id in set_optuna_trials(factory, [(job_id, token, trial_id)])
-
-
 def retry_held(factory: sessionmaker[Session], job_id: int, token: str, error: str) -> int | None:
     """An executor that retries on its own (Ray Tune) starts a new attempt under the same lease.
 
@@ -197,17 +193,6 @@ def complete_many(
         return {row.id for row in rows}
 
     return run_transaction(factory, work)
-
-
-def complete(
-    factory: sessionmaker[Session],
-    job_id: int,
-    token: str,
-    result: Mapping[str, Any],
-    now: datetime | None = None,
-) -> bool:
-    """Record the outcome exactly once: False, changing nothing, for a late or repeated report."""
-    return job_id in complete_many(factory, [(job_id, token, result)], now)
 
 
 def release(

@@ -68,10 +68,6 @@ class AddingTask(Task):
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         return adding_sequences(*draw_adding(batch_size, self.T, generator))
 
-    def eval_size(self, split: str) -> int:
-        check_eval_split(split)
-        return self._sizes[split]
-
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         values, marked = self._eval_set(split)  # (N, T), (N, 2)
         for rows in batch_slices(len(values), batch_size):

@@ -52,10 +52,6 @@ class Task(ABC):
         """The fixed evaluation set of `split` ("val" or "test"), in the same order every call."""
 
     @abstractmethod
-    def eval_size(self, split: str) -> int:
-        """Number of sequences in the evaluation set of `split`."""
-
-    @abstractmethod
     def losses(self, output: Tensor, target: Tensor) -> Tensor:
         """The training loss of each packed model, shape (K,)."""
 

@@ -109,10 +109,6 @@ class CopyingTask(Task):
             symbols = self._train_symbols[rows]  # (B, 10)
         return copying_sequences(symbols, self.T)
 
-    def eval_size(self, split: str) -> int:
-        check_eval_split(split)
-        return self._sizes[split]
-
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         symbols = self._eval_set(split)  # (N, 10)
         for rows in batch_slices(len(symbols), batch_size):

@@ -89,10 +89,6 @@ class SequentialMNISTTask(Task):
         rows = torch.randint(0, len(labels), (batch_size,), generator=generator)  # (B,)
         return self.sequences(images[rows]), labels[rows]  # (784, B, 1), (B,)
 
-    def eval_size(self, split: str) -> int:
-        check_eval_split(split)
-        return len(self.data.split(split)[1])
-
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         check_eval_split(split)
         images, labels = self.data.split(split)  # (N, 784), (N,)

@@ -11,7 +11,6 @@ _LAZY = {
     "PackedSequenceModel": "studies.training.model",
     "PackTrainer": "studies.training.trainer",
     "TrialRecord": "studies.training.trainer",
-    "train_trials": "studies.training.trainer",
 }
 
 __all__ = [
@@ -22,12 +21,11 @@ __all__ = [
     "TrialParams",
     "TrialRecord",
     "derived_seed",
-    "train_trials",
 ]
 
 if TYPE_CHECKING:
     from studies.training.model import PackedSequenceModel
-    from studies.training.trainer import PackTrainer, TrialRecord, train_trials
+    from studies.training.trainer import PackTrainer, TrialRecord
 
 
 def __getattr__(name: str) -> Any:

@@ -466,13 +466,3 @@ class PackTrainer:
             if record.status == "interrupted":
                 record.status = "running"
         return trainer
-
-
-def train_trials(
-    config: TrainingConfig,
-    trials: Sequence[TrialParams],
-    device: str | torch.device = "cpu",
-    on_eval: EvalCallback | None = None,
-) -> list[TrialRecord]:
-    """Train `trials` as one pack and return their records."""
-    return PackTrainer(config, trials, device).run(on_eval=on_eval)

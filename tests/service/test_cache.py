@@ -1,6 +1,6 @@
 """Finished studies' summaries, reports and plots are kept in the API process and carry ETags.
 
-Each study's results are recorded straight through the queue (claim, complete), so no training
+Each study's results are recorded straight through the queue (claim, complete_many), so no training
 runs. That a response came from the cache is shown by changing the stored results behind the
 API's back: a cached response does not follow, a computed one does.
 """
@@ -39,6 +39,12 @@ def accuracy(cell: int) -> float:
     return [0.2, 0.3, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7][cell]  # ties among the paired differences
 
 
+def record(factory: sessionmaker[Session], job: queue.ClaimedJob) -> None:
+    """The job's result, recorded as a worker records a pack's."""
+    recorded = queue.complete_many(factory, [(job.job_id, job.lease_token, result(accuracy(job.cell_index)))])
+    assert recorded == {job.job_id}
+
+
 def claim_all(factory: sessionmaker[Session]) -> list[queue.ClaimedJob]:
     claimed = queue.claim(factory, "test-worker", 8, lease_seconds=600)
     assert len(claimed) == 8
@@ -48,7 +54,7 @@ def claim_all(factory: sessionmaker[Session]) -> list[queue.ClaimedJob]:
 def finished_study(api, factory: sessionmaker[Session]) -> int:
     study_id = api.post("/studies", json=SPEC).json()["id"]
     for job in claim_all(factory):
-        assert queue.complete(factory, job.job_id, job.lease_token, result(accuracy(job.cell_index)))
+        record(factory, job)
     assert api.get(f"/studies/{study_id}").json()["status"] == "done"
     return study_id
 
@@ -113,7 +119,7 @@ def test_a_running_study_is_computed_per_request_and_revalidated(server, factory
     jobs = claim_all(factory)
     etags = set()
     for done, job in enumerate(jobs, start=1):
-        assert queue.complete(factory, job.job_id, job.lease_token, result(accuracy(job.cell_index)))
+        record(factory, job)
         response = api.get(url, headers={"If-None-Match": queued.headers["etag"]})
         assert response.status_code == 200 and response.json()["done"] == done
         expected = "miss" if done == len(jobs) else "bypass"  # the last result finishes the study

@@ -254,7 +254,8 @@ def _claim_until_empty(url: str, worker: str, start: Any, out: Any) -> None:
         while batch := queue.claim(factory, worker, max_jobs=3, lease_seconds=LEASE):
             for job in batch:
                 claimed.append(job.job_id)
-                assert queue.complete(factory, job.job_id, job.lease_token, {"by": worker})
+                recorded = queue.complete_many(factory, [(job.job_id, job.lease_token, {"by": worker})])
+                assert recorded == {job.job_id}
         out.put((worker, claimed, None))
     except BaseException as exc:
         out.put((worker, claimed, repr(exc)))
@@ -307,12 +308,12 @@ def test_heartbeat_extends_held_leases_and_reports_lost_ones(factory: sessionmak
 def test_complete_records_the_result_exactly_once(factory: sessionmaker[Session]) -> None:
     study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0,)))
     (job,) = queue.claim(factory, "w", max_jobs=1, lease_seconds=LEASE)
-    assert queue.set_optuna_trial(factory, job.job_id, job.lease_token, 41)
-    assert not queue.set_optuna_trial(factory, job.job_id, "not-the-token", 42)
+    assert queue.set_optuna_trials(factory, [(job.job_id, job.lease_token, 41)]) == {job.job_id}
+    assert queue.set_optuna_trials(factory, [(job.job_id, "not-the-token", 42)]) == set()
 
-    assert queue.complete(factory, job.job_id, job.lease_token, {"accuracy": 0.5})
-    assert not queue.complete(factory, job.job_id, job.lease_token, {"accuracy": 0.9})
-    assert not queue.complete(factory, job.job_id, "not-the-token", {"accuracy": 0.9})
+    assert queue.complete_many(factory, [(job.job_id, job.lease_token, {"accuracy": 0.5})]) == {job.job_id}
+    assert queue.complete_many(factory, [(job.job_id, job.lease_token, {"accuracy": 0.9})]) == set()
+    assert queue.complete_many(factory, [(job.job_id, "not-the-token", {"accuracy": 0.9})]) == set()
     assert not queue.fail(factory, job.job_id, job.lease_token, "too late")
 
     stored = queue.get_job(factory, job.job_id)
@@ -329,7 +330,7 @@ def test_complete_records_the_result_exactly_once(factory: sessionmaker[Session]
 def test_reap_requeues_expired_leases_and_rejects_the_late_report(factory: sessionmaker[Session]) -> None:
     queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0,)))
     (old,) = queue.claim(factory, "w1", max_jobs=1, lease_seconds=10, now=T0)
-    queue.set_optuna_trial(factory, old.job_id, old.lease_token, 7)
+    queue.set_optuna_trials(factory, [(old.job_id, old.lease_token, 7)])
 
     assert queue.reap(factory, now=T0 + timedelta(seconds=5)) == []
     (reaped,) = queue.reap(factory, now=T0 + timedelta(seconds=11))
@@ -350,8 +351,8 @@ def test_reap_requeues_expired_leases_and_rejects_the_late_report(factory: sessi
     assert (job.attempts, job.lost_leases) == (0, 1)  # the worker died, not the trial: no attempt spent
     (new,) = queue.claim(factory, "w2", max_jobs=1, lease_seconds=10, now=T0 + timedelta(seconds=12))
     assert (new.job_id, new.attempt) == (old.job_id, 1) and new.lease_token != old.lease_token
-    assert not queue.complete(factory, old.job_id, old.lease_token, {"from": "w1"})
-    assert queue.complete(factory, new.job_id, new.lease_token, {"from": "w2"})
+    assert queue.complete_many(factory, [(old.job_id, old.lease_token, {"from": "w1"})]) == set()
+    assert queue.complete_many(factory, [(new.job_id, new.lease_token, {"from": "w2"})]) == {new.job_id}
     assert json.loads(queue.get_job(factory, old.job_id).result_json or "") == {"from": "w2"}
 
 
@@ -518,7 +519,7 @@ def test_a_driver_can_claim_one_named_study_of_any_engine(factory: sessionmaker[
 def test_retry_held_counts_an_attempt_under_the_same_lease(factory: sessionmaker[Session]) -> None:
     queue.submit_study(factory, make_spec(), max_attempts=2)
     job = queue.claim(factory, "ray-driver", 1, LEASE, now=T0, engine=None)[0]
-    assert queue.set_optuna_trial(factory, job.job_id, job.lease_token, 41)
+    assert queue.set_optuna_trials(factory, [(job.job_id, job.lease_token, 41)]) == {job.job_id}
     assert queue.retry_held(factory, job.job_id, job.lease_token, "boom") == 2
     row = queue.get_job(factory, job.job_id)
     assert (row.state, row.attempts, row.last_error, row.optuna_trial_id) == ("running", 2, "boom", None)
@@ -622,7 +623,8 @@ def test_the_reaper_settles_a_study_whose_last_completion_was_not_followed_by_se
 def test_a_packs_trials_are_recorded_only_where_the_lease_is_held(factory: sessionmaker[Session]) -> None:
     queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1, 2)))
     a, b, c = queue.claim(factory, "w", max_jobs=3, lease_seconds=LEASE)
-    assert queue.complete(factory, c.job_id, c.lease_token, {"accuracy": 0.5})  # no longer running
+    # c no longer running
+    assert queue.complete_many(factory, [(c.job_id, c.lease_token, {"accuracy": 0.5})]) == {c.job_id}
     held = queue.set_optuna_trials(
         factory, [(a.job_id, a.lease_token, 11), (b.job_id, "stale", 12), (c.job_id, c.lease_token, 13)]
     )
@@ -634,7 +636,8 @@ def test_a_packs_trials_are_recorded_only_where_the_lease_is_held(factory: sessi
 def test_a_packs_results_are_recorded_in_one_go_each_exactly_once(factory: sessionmaker[Session]) -> None:
     study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1, 2)))
     a, b, c = queue.claim(factory, "w", max_jobs=3, lease_seconds=LEASE)
-    assert queue.complete(factory, c.job_id, c.lease_token, {"accuracy": 0.1})  # c reported already
+    # c reported already
+    assert queue.complete_many(factory, [(c.job_id, c.lease_token, {"accuracy": 0.1})]) == {c.job_id}
     recorded = queue.complete_many(
         factory,
         [
