@@ -1,15 +1,25 @@
-"""FastAPI dependencies, declared once: the backend and the bearer-token checks."""
+"""What the routes share, declared once: the backend, the bearer-token checks, the documented error
+responses, loading a study, submitting a spec, and the cached summary."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
 from deployment.backend import Backend
 from deployment.settings import Settings
+from service.cache import Entry, ResponseCache, lookup
+from service.schemas import Links, Problem, StudyCreated
+from studies import queue
+from studies.db.models import Study
+from studies.exceptions import Conflict
+from studies.results import study_summary, trial_row
+from studies.spec import StudySpec
 
 _bearer = HTTPBearer(auto_error=False, description="an API token from HDETACH_API_TOKENS")
 
@@ -78,3 +88,81 @@ def require_read(settings: SettingsDep, credentials: Credentials) -> None:
 
 WriteAccess = Depends(require_write)
 ReadAccess = Depends(require_read)
+
+
+# -- shared by the routes -----------------------------------------------------------------------
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such study"}}
+AUTH: Responses = {
+    401: {"model": Problem, "description": "no bearer token"},
+    403: {"model": Problem, "description": "bad token"},
+}
+
+
+def links(study_id: int) -> Links:
+    base = f"/studies/{study_id}"
+    return Links(
+        self=base,
+        trials=f"{base}/trials",
+        summary=f"{base}/summary",
+        report=f"{base}/report",
+        cancel=f"{base}/cancel",
+    )
+
+
+def validate_with_limits(backend: BackendDep, data: dict[str, Any]) -> StudySpec:
+    """Validate spec JSON against the deployment's limits; a rejection is a 422 naming the field."""
+    try:
+        return StudySpec.model_validate(data, context={"limits": backend.settings.spec_limits()})
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from error
+
+
+def submit_validated(backend: BackendDep, data: dict[str, Any]) -> StudyCreated:
+    """Validate spec JSON against the deployment's limits, submit it, and describe the new study."""
+    spec = validate_with_limits(backend, data)
+    study_id = backend.submit(spec)
+    study = queue.get_study(backend.factory, study_id)
+    return StudyCreated(
+        id=study_id,
+        name=study.name,
+        optuna_study_name=study.optuna_study_name,
+        cells=spec.grid_size,
+        links=links(study_id),
+    )
+
+
+def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
+    study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
+    try:
+        return study, StudySpec.model_validate_json(study.spec_json)
+    except ValidationError as error:
+        # stored before the spec refused what nothing downstream can use (a NaN threshold stored
+        # as null, a seed past 32 bits on SQLite): its results cannot be read, say so plainly
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Conflict(
+            f"study {study_id} was stored with a spec this version refuses ({where}: {first['msg']});"
+            " delete it and submit it again"
+        ) from None
+
+
+def summary_entry(
+    backend: BackendDep,
+    cache: ResponseCache,
+    study: Study,
+    spec: StudySpec,
+    robust_level: float = 0.8,
+) -> tuple[Entry, str]:
+    """The study's summary (as JSON, the model in `value`), from the cache if the study is finished."""
+
+    def render() -> Entry:
+        rows = [
+            trial_row(job, spec.success.metric, spec.selection)
+            for job in queue.list_jobs(backend.factory, study.id)
+        ]
+        result = study_summary(spec, rows, robust_level=robust_level)
+        return Entry.of(result.model_dump_json().encode(), "application/json", result)
+
+    return lookup(cache, study, ("summary", robust_level), render)

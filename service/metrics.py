@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from deployment.backend import Backend
-from studies.db.engine import session_scope
-from studies.db.models import Job, JobState, Worker, WorkerStatus
+from studies import queue
+from studies.db.models import JobState, WorkerStatus
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
@@ -22,16 +20,7 @@ class QueueCollector(Collector):
         self.backend = backend
 
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
-        with session_scope(self.backend.factory, readonly=True) as session:
-            counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-            durations = [
-                json.loads(text).get("wall_time_s")
-                for text in session.scalars(select(Job.result_json).where(Job.state == JobState.DONE))
-                if text
-            ]
-            workers = session.execute(
-                select(Worker.id, Worker.device, Worker.last_heartbeat, Worker.status)
-            ).all()
+        counts, durations, workers = queue.queue_snapshot(self.backend.factory)
         depth = GaugeMetricFamily("hdetach_jobs", "jobs by state", labels=["state"])
         for state in JobState:
             depth.add_metric([state.value], counts.get(state.value, 0))
@@ -42,7 +31,7 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily(
             "hdetach_completed_trials", "grid cells with a recorded result", value=counts.get("done", 0)
         )
-        values = sorted(float(d) for d in durations if isinstance(d, int | float))
+        values = sorted(durations)
         buckets = [(str(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS] + [("+Inf", len(values))]
         yield HistogramMetricFamily(
             "hdetach_trial_duration_seconds",

@@ -190,3 +190,8 @@ def close_trials(storage: RDBStorage, closings: Sequence[optuna_rows.Closing]) -
         else:
             closed.append(True)
     return closed
+
+
+def intermediate_values(storage: RDBStorage, trial_id: int) -> list[tuple[int, float]]:
+    """The (step, value) points a running trial has reported so far, in step order."""
+    return sorted(storage.get_trial(trial_id).intermediate_values.items())

@@ -32,7 +32,7 @@ from ray import tune
 
 from deployment.settings import Settings, setting_default
 from studies import queue
-from studies.db.models import Engine
+from studies.db.models import ExecutorKind
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
 from workers.attempts import Executor, PackAttempt, reap_expired
@@ -182,7 +182,7 @@ class RayDriver(Executor):
     # -- what to run ------------------------------------------------------------------------
     def claim_all(self, study_id: int | None) -> list[list[ClaimedJob]]:
         """Every queued job of `study_id` (any engine), or of every Ray study, in packs."""
-        engine = None if study_id is not None else Engine.RAY
+        engine = None if study_id is not None else ExecutorKind.RAY
         packs = []
         while jobs := queue.claim(
             self.factory,

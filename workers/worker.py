@@ -32,7 +32,7 @@ import torch
 
 from deployment.settings import Settings, setting_default
 from studies import queue
-from studies.db.models import Engine, WorkerStatus
+from studies.db.models import ExecutorKind, WorkerStatus
 from studies.lstm import PackedHDetachLSTM
 from studies.lstm._kernel import triton_choice
 from studies.queue import ClaimedJob
@@ -217,7 +217,7 @@ class Worker(Executor):
 
     def _queue_is_empty(self) -> bool:
         try:
-            return queue.unfinished_jobs(self.factory, Engine.QUEUE) == 0
+            return queue.unfinished_jobs(self.factory, ExecutorKind.QUEUE) == 0
         except Exception as error:
             if classify(error) is not FailureKind.INFRASTRUCTURE:
                 raise

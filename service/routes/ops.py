@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import select, text
 
-from service.deps import BackendDep, ReadAccess
-from service.routes.studies import AUTH
+from service.deps import AUTH, BackendDep, ReadAccess
 from service.schemas import Problem, WorkerOut
 from studies import queue
-from studies.db.engine import session_scope
-from studies.db.models import Job, JobState
+from studies.db.engine import database_answers
 
 router = APIRouter(tags=["operations"])
 
@@ -19,11 +16,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/workers", response_model=list[WorkerOut], dependencies=[ReadAccess], responses=AUTH)
 def list_workers(backend: BackendDep) -> list[WorkerOut]:
     """Registered workers, their device, last heartbeat and the jobs they hold."""
-    with session_scope(backend.factory, readonly=True) as session:
-        held = session.execute(select(Job.worker_id, Job.id).where(Job.state == JobState.RUNNING)).all()
-    jobs: dict[str | None, list[int]] = {}
-    for worker_id, job_id in held:
-        jobs.setdefault(worker_id, []).append(job_id)
+    jobs = queue.running_jobs_by_worker(backend.factory)
     return [
         WorkerOut(
             id=w.id,
@@ -50,10 +43,7 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"model": Problem, "description": "the database is unreachable"}})
 def readyz(backend: BackendDep, response: Response) -> dict[str, str]:
     """The database answers."""
-    try:
-        with backend.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception:
+    if not database_answers(backend.engine):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "database unreachable"}
     return {"status": "ready"}

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, Field
 
-from service.deps import BackendDep, ReadAccess, WriteAccess
-from service.routes.studies import AUTH, submit_validated
+from service.deps import AUTH, BackendDep, ReadAccess, WriteAccess, submit_validated
 from service.schemas import Problem, StudyCreated
 from studies.paper import PaperFigure, paper_figures
 from studies.presets import PRESETS, preset_spec

@@ -8,8 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from service.cache import NOT_MODIFIED, CacheDep, Entry, lookup, respond
-from service.deps import BackendDep, ReadAccess, StudyId
-from service.routes.studies import AUTH, NOT_FOUND, load, summary_entry
+from service.deps import AUTH, NOT_FOUND, BackendDep, ReadAccess, StudyId, load, summary_entry
 from studies import queue
 from studies.db.models import Study
 from studies.results import CurvePoint, TrialRow, curve_points, job_result, trial_row

@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
-from service.cache import NOT_MODIFIED, CacheDep, Entry, ResponseCache, lookup, respond
-from service.deps import MAX_ID, BackendDep, CellIndex, ReadAccess, StudyId, WriteAccess
-from service.schemas import Curve, Links, Problem, StudyCreated, StudyOut, StudyPage
+from service.cache import NOT_MODIFIED, CacheDep, respond
+from service.deps import (
+    AUTH,
+    MAX_ID,
+    NOT_FOUND,
+    BackendDep,
+    CellIndex,
+    ReadAccess,
+    StudyId,
+    WriteAccess,
+    links,
+    load,
+    submit_validated,
+    summary_entry,
+)
+from service.schemas import Curve, Problem, StudyCreated, StudyOut, StudyPage
 from studies import queue
 from studies.db.models import Study, StudyStatus
-from studies.exceptions import Conflict
-from studies.results import CurvePoint, TrialRow, curve_points, job_result, study_summary, trial_row
+from studies.results import CurvePoint, TrialRow, curve_points, job_result, trial_row
 from studies.robustness import RobustnessSummary
 from studies.spec import StudySpec
+from studies.tracking import intermediate_values
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
-Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such study"}}
-AUTH: Responses = {
-    401: {"model": Problem, "description": "no bearer token"},
-    403: {"model": Problem, "description": "bad token"},
-}
 FINISHED = ("done", "failed", "cancelled")
 
 EXAMPLE_SPEC = {
@@ -39,17 +44,6 @@ EXAMPLE_SPEC = {
     "budget": {"steps": 60, "eval_every": 20, "batch_size": 16},
     "success": {"metric": "accuracy", "threshold": 0.99},
 }
-
-
-def links(study_id: int) -> Links:
-    base = f"/studies/{study_id}"
-    return Links(
-        self=base,
-        trials=f"{base}/trials",
-        summary=f"{base}/summary",
-        report=f"{base}/report",
-        cancel=f"{base}/cancel",
-    )
 
 
 def study_out(backend: BackendDep, study: Study) -> StudyOut:
@@ -70,44 +64,6 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
         spec=json.loads(study.spec_json),
         links=links(study.id),
     )
-
-
-def validate_with_limits(backend: BackendDep, data: dict[str, Any]) -> StudySpec:
-    """Validate spec JSON against the deployment's limits; a rejection is a 422 naming the field."""
-    try:
-        return StudySpec.model_validate(data, context={"limits": backend.settings.spec_limits()})
-    except ValidationError as error:
-        errors = error.errors(include_url=False, include_context=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from error
-
-
-def submit_validated(backend: BackendDep, data: dict[str, Any]) -> StudyCreated:
-    """Validate spec JSON against the deployment's limits, submit it, and describe the new study."""
-    spec = validate_with_limits(backend, data)
-    study_id = backend.submit(spec)
-    study = queue.get_study(backend.factory, study_id)
-    return StudyCreated(
-        id=study_id,
-        name=study.name,
-        optuna_study_name=study.optuna_study_name,
-        cells=spec.grid_size,
-        links=links(study_id),
-    )
-
-
-def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
-    study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
-    try:
-        return study, StudySpec.model_validate_json(study.spec_json)
-    except ValidationError as error:
-        # stored before the spec refused what nothing downstream can use (a NaN threshold stored
-        # as null, a seed past 32 bits on SQLite): its results cannot be read, say so plainly
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise Conflict(
-            f"study {study_id} was stored with a spec this version refuses ({where}: {first['msg']});"
-            " delete it and submit it again"
-        ) from None
 
 
 @router.post(
@@ -194,11 +150,10 @@ def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curv
     points = curve_points(job_result(job))
     partial = not points and job.optuna_trial_id is not None
     if partial:
-        trial = backend.storage.get_trial(job.optuna_trial_id)  # type: ignore[arg-type]
         name = f"val_{spec.success.metric}"
         points = [
             CurvePoint(step=step, values={name: value})
-            for step, value in sorted(trial.intermediate_values.items())
+            for step, value in intermediate_values(backend.storage, job.optuna_trial_id)  # type: ignore[arg-type]
         ]
     return Curve(
         cell=cell,
@@ -209,26 +164,6 @@ def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curv
         partial=partial,
         points=points,
     )
-
-
-def summary_entry(
-    backend: BackendDep,
-    cache: ResponseCache,
-    study: Study,
-    spec: StudySpec,
-    robust_level: float = 0.8,
-) -> tuple[Entry, str]:
-    """The study's summary (as JSON, the model in `value`), from the cache if the study is finished."""
-
-    def render() -> Entry:
-        rows = [
-            trial_row(job, spec.success.metric, spec.selection)
-            for job in queue.list_jobs(backend.factory, study.id)
-        ]
-        result = study_summary(spec, rows, robust_level=robust_level)
-        return Entry.of(result.model_dump_json().encode(), "application/json", result)
-
-    return lookup(cache, study, ("summary", robust_level), render)
 
 
 @router.get(

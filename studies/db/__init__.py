@@ -12,7 +12,7 @@ from studies.db.engine import (
 )
 from studies.db.models import (
     Base,
-    Engine,
+    ExecutorKind,
     Job,
     JobState,
     Study,
@@ -25,7 +25,7 @@ from studies.db.models import (
 
 __all__ = [
     "Base",
-    "Engine",
+    "ExecutorKind",
     "Job",
     "JobState",
     "Study",

@@ -195,3 +195,13 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
                     raise RuntimeError(f"the upgrade left rows that break foreign keys: {broken[:5]}")
     finally:
         engine.dispose()
+
+
+def database_answers(engine: Engine) -> bool:
+    """Whether the database answers a trivial query now (a readiness probe)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # any failure to answer is "not ready"
+        return False
+    return True

@@ -56,7 +56,7 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
-class Engine(StrEnum):
+class ExecutorKind(StrEnum):
     """Who runs a study's jobs: the queue workers, or a Ray Tune driver (`hdetach ray-run`)."""
 
     QUEUE = "queue"
@@ -113,7 +113,7 @@ class Study(Base):
     # ids are never reused, even on SQLite after a delete: claims cache what they learn per id
     __table_args__ = (
         _one_of("status", StudyStatus),
-        _one_of("engine", Engine),
+        _one_of("engine", ExecutorKind),
         {"sqlite_autoincrement": True},
     )
 
@@ -123,7 +123,9 @@ class Study(Base):
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    engine: Mapped[str] = mapped_column(String(16), default=Engine.QUEUE, server_default=Engine.QUEUE.value)
+    engine: Mapped[str] = mapped_column(
+        String(16), default=ExecutorKind.QUEUE, server_default=ExecutorKind.QUEUE.value
+    )
     optuna_study_name: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -19,12 +19,15 @@ from studies.queue.leases import (
 )
 from studies.queue.reads import (
     JobOutcome,
+    QueueSnapshot,
     get_job,
     get_study,
     job_counts,
     job_outcomes,
     list_jobs,
     list_studies,
+    queue_snapshot,
+    running_jobs_by_worker,
     unfinished_jobs,
 )
 from studies.queue.retry import RetryDecision, RetryPolicy
@@ -43,6 +46,7 @@ __all__ = [
     "ClaimedJob",
     "HeartbeatReply",
     "JobOutcome",
+    "QueueSnapshot",
     "ReapedJob",
     "RetryDecision",
     "RetryPolicy",
@@ -62,10 +66,12 @@ __all__ = [
     "list_studies",
     "list_workers",
     "pack_key",
+    "queue_snapshot",
     "reap",
     "register_worker",
     "release",
     "retry_held",
+    "running_jobs_by_worker",
     "set_optuna_trials",
     "set_worker_status",
     "submit_study",

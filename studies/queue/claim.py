@@ -14,12 +14,23 @@ from functools import cache
 from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Row, Select, String, Update, bindparam, exists, func, select, update
-from sqlalchemy import Engine as SAEngine
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    String,
+    Update,
+    bindparam,
+    exists,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_autocommit
-from studies.db.models import Engine, JobState, StudyStatus, UTCDateTime
+from studies.db.models import ExecutorKind, JobState, StudyStatus, UTCDateTime
 from studies.queue._common import JOBS, STUDIES, resolve_now
 from studies.queue._types import ClaimedJob
 
@@ -138,7 +149,7 @@ class _StudyInfo(NamedTuple):
 # and once running it never goes back to queued. Per engine (= per database), filled after commit,
 # and only on PostgreSQL, whose sequences never hand out an id twice (SQLite reuses the highest id
 # after a delete; there the question costs no round trip anyway).
-_known_running: WeakKeyDictionary[SAEngine, dict[int, _StudyInfo]] = WeakKeyDictionary()
+_known_running: WeakKeyDictionary[Engine, dict[int, _StudyInfo]] = WeakKeyDictionary()
 
 
 def _studies_of(connection: Connection, ids: set[int], now: datetime) -> dict[int, _StudyInfo]:
@@ -159,13 +170,13 @@ def claim(
     max_jobs: int,
     lease_seconds: float,
     now: datetime | None = None,
-    engine: Engine | None = Engine.QUEUE,
+    engine: ExecutorKind | None = ExecutorKind.QUEUE,
     study_id: int | None = None,
 ) -> list[ClaimedJob]:
     """Lease up to `max_jobs` jobs of one pack to `worker_id`; [] when nothing is queued.
 
     Queue workers claim from studies whose engine is the queue; a Ray driver passes
-    `engine=Engine.RAY`, or `engine=None` with the `study_id` it was asked to run.
+    `engine=ExecutorKind.RAY`, or `engine=None` with the `study_id` it was asked to run.
     A pack holds jobs of one study only, so each result is recorded under its own study's
     bookkeeping (two studies with equal shapes once shared a pack, and their Optuna trials went to
     the first study). The usual claim is one statement: the first study in claim order with a

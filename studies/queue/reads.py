@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import session_scope
-from studies.db.models import Engine, Job, JobState, Study, StudyStatus
+from studies.db.models import ExecutorKind, Job, JobState, Study, StudyStatus, Worker
 from studies.exceptions import NotFound
 from studies.queue._common import state_counts
 
@@ -58,7 +60,7 @@ def list_studies(
         return session.scalars(statement).all()
 
 
-def unfinished_jobs(factory: sessionmaker[Session], engine: Engine | None = None) -> int:
+def unfinished_jobs(factory: sessionmaker[Session], engine: ExecutorKind | None = None) -> int:
     """Jobs still queued or running (a running one may yet come back to the queue), of studies run
     by `engine` (any, if None)."""
     statement = (
@@ -96,3 +98,38 @@ def job_outcomes(factory: sessionmaker[Session], job_ids: Iterable[int]) -> dict
     )
     with session_scope(factory, readonly=True) as session:
         return {row[0]: JobOutcome(*row) for row in session.execute(statement)}
+
+
+def running_jobs_by_worker(factory: sessionmaker[Session]) -> dict[str, list[int]]:
+    """The ids of the jobs each worker is training now, by worker id."""
+    statement = select(Job.worker_id, Job.id).where(Job.state == JobState.RUNNING).order_by(Job.id)
+    jobs: dict[str, list[int]] = {}
+    with session_scope(factory, readonly=True) as session:
+        for worker_id, job_id in session.execute(statement):
+            if worker_id is not None:
+                jobs.setdefault(worker_id, []).append(job_id)
+    return jobs
+
+
+class QueueSnapshot(NamedTuple):
+    """The whole queue at one moment, for monitoring."""
+
+    job_counts: dict[str, int]  # jobs per state, across studies (states with none left out)
+    trial_seconds: list[float]  # the recorded training wall time of each done job that has one
+    workers: list[tuple[str, str, datetime, str]]  # (id, device, last heartbeat, status)
+
+
+def queue_snapshot(factory: sessionmaker[Session]) -> QueueSnapshot:
+    """Job counts, recorded trial times and workers, read in one transaction."""
+    with session_scope(factory, readonly=True) as session:
+        counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        results = session.scalars(select(Job.result_json).where(Job.state == JobState.DONE)).all()
+        workers = session.execute(
+            select(Worker.id, Worker.device, Worker.last_heartbeat, Worker.status)
+        ).all()
+    seconds = [json.loads(text).get("wall_time_s") for text in results if text]
+    return QueueSnapshot(
+        job_counts={str(state): int(n) for state, n in counts.items()},
+        trial_seconds=[float(t) for t in seconds if isinstance(t, int | float)],
+        workers=[tuple(w) for w in workers],  # type: ignore[misc]
+    )

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from studies import queue
 from studies.db import (
     Base,
-    Engine,
+    ExecutorKind,
     Job,
     Study,
     Worker,
@@ -499,12 +499,12 @@ def test_queue_workers_leave_ray_studies_to_a_ray_driver(factory: sessionmaker[S
     ray_study = queue.submit_study(factory, make_spec("on-ray").model_copy(update={"engine": "ray"}))
     assert queue.get_study(factory, ray_study).engine == "ray"
     assert queue.claim(factory, "queue-worker", 8, LEASE, now=T0) == []
-    assert queue.unfinished_jobs(factory, Engine.QUEUE) == 0
-    assert queue.unfinished_jobs(factory, Engine.RAY) == queue.unfinished_jobs(factory) == 8
+    assert queue.unfinished_jobs(factory, ExecutorKind.QUEUE) == 0
+    assert queue.unfinished_jobs(factory, ExecutorKind.RAY) == queue.unfinished_jobs(factory) == 8
 
     queue_study = queue.submit_study(factory, make_spec("on-queue", hidden_size=9))
     assert {j.study_id for j in queue.claim(factory, "queue-worker", 8, LEASE, now=T0)} == {queue_study}
-    driver = queue.claim(factory, "ray-driver", 8, LEASE, now=T0, engine=Engine.RAY)
+    driver = queue.claim(factory, "ray-driver", 8, LEASE, now=T0, engine=ExecutorKind.RAY)
     assert {j.study_id for j in driver} == {ray_study} and len(driver) == 8
 
 
