@@ -35,7 +35,8 @@ from studies import queue
 from studies.db.models import ExecutorKind
 from studies.queue import ClaimedJob
 from studies.spec import GridCell, StudySpec
-from workers.attempts import Executor, PackAttempt, reap_expired
+from workers.attempts import PackAttempt, reap_expired
+from workers.executor import Executor
 
 log = logging.getLogger("hdetach.ray")
 

@@ -39,7 +39,8 @@ from studies.queue import ClaimedJob
 from studies.training import PackTrainer
 from studies.training.graphs import graphs_choice
 from workers import faults
-from workers.attempts import Executor, PackAttempt, reap_expired, sweep_optuna_trials, wait_out_infrastructure
+from workers.attempts import PackAttempt, reap_expired, sweep_optuna_trials
+from workers.executor import Executor, wait_out_infrastructure
 from workers.failures import FailureKind, InfrastructureError, classify, one_line, touches_the_device
 
 log = logging.getLogger("hdetach.worker")

@@ -10,7 +10,7 @@ from studies.training.config import TaskConfig, TrainingConfig, TrialParams, der
 _LAZY = {
     "PackedSequenceModel": "studies.training.model",
     "PackTrainer": "studies.training.trainer",
-    "TrialRecord": "studies.training.trainer",
+    "TrialRecord": "studies.training.record",
 }
 
 __all__ = [
@@ -25,7 +25,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from studies.training.model import PackedSequenceModel
-    from studies.training.trainer import PackTrainer, TrialRecord
+    from studies.training.record import TrialRecord
+    from studies.training.trainer import PackTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -22,51 +22,23 @@ evaluated before it diverged.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from studies.packed import PackedAdam, clip_grad_norm_per_model
 from studies.tasks import Task, make_task
+from studies.training.checkpoint import load_checkpoint, save_checkpoint
 from studies.training.config import TrainingConfig, TrialParams, derived_seed
 from studies.training.graphs import GraphedStep
 from studies.training.model import PackedSequenceModel
-
-CHECKPOINT_VERSION = 3  # 2: the best-validation weights and fields; 3: the config holds the spec's sections
+from studies.training.record import TrialRecord
 
 # once per evaluation: {trial index in the pack: its curve point} for the trials still running
 EvalCallback = Callable[[dict[int, dict[str, float]]], None]
-
-
-@dataclass
-class TrialRecord:
-    """What is known about one trial so far; the trainer's result once the pack ends."""
-
-    params: TrialParams
-    status: str = "running"  # running | completed | succeeded | diverged | interrupted | cancelled
-    curve: list[dict[str, float]] = field(default_factory=list)
-    final: dict[str, float] = field(default_factory=dict)  # test metrics of the final model
-    best_val: dict[str, float] = field(default_factory=dict)  # test metrics of the best-validation model
-    best_val_step: int | None = None  # the evaluation step that model comes from
-    best_val_value: float | None = None  # its validation value of the success metric
-    transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # final model, copying at other T
-    best_val_transfer: dict[str, dict[str, float]] = field(default_factory=dict)  # the same, best-val model
-    data: str = ""  # the task and the data it trained and was tested on, in words
-    diverged_at: int | None = None
-    steps_to_threshold: int | None = None
-    steps_run: int = 0
-    wall_time_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["params"] = self.params.model_dump()
-        return out
 
 
 def _per_model(metrics: dict[str, dict[str, Tensor]], k: int) -> dict[str, dict[str, float]]:
@@ -411,58 +383,11 @@ class PackTrainer:
             if self.active[k] or record.status == "running":
                 record.wall_time_s += seconds
 
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- checkpoints (studies.training.checkpoint) -------------------------------------------
     def save_checkpoint(self, path: str | Path) -> None:
         """Everything needed to continue exactly where the pack is now (written atomically)."""
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "config": self.config.model_dump(),
-            "trials": [t.model_dump() for t in self.trials],
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr": self.optimizer.lr,
-            "data_gens": [g.get_state() for g in self.data_gens],
-            "mask_gens": [g.get_state() for g in self.mask_gens],
-            "records": [r.to_dict() for r in self.records],
-            "active": self.active,
-            "loss_acc": (self._loss_sum_on.tolist(), self._loss_count_on.tolist()),
-            "best": self._best,
-        }
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_checkpoint(self, path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> PackTrainer:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: unsupported checkpoint version {state.get('version')}")
-        trials = [TrialParams(**t) for t in state["trials"]]
-        trainer = cls(TrainingConfig(**state["config"]), trials, device)
-        trainer.step = state["step"]
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.optimizer.lr = state["lr"]
-        for g, s in zip(
-            trainer.data_gens + trainer.mask_gens, state["data_gens"] + state["mask_gens"], strict=True
-        ):
-            g.set_state(s)
-        trainer.active = list(state["active"])
-        trainer._active_on.copy_(torch.tensor(trainer.active))
-        trainer._step_on.fill_(trainer.step)
-        loss_sum, loss_count = state["loss_acc"]
-        trainer._loss_sum_on.copy_(torch.tensor(loss_sum, dtype=torch.float64))
-        trainer._loss_count_on.copy_(torch.tensor(loss_count, dtype=torch.int64))
-        trainer._best = [
-            None if best is None else {name: t.to(trainer.device) for name, t in best.items()}
-            for best in state["best"]
-        ]
-        for record, saved in zip(trainer.records, state["records"], strict=True):
-            for key, value in saved.items():
-                if key != "params":
-                    setattr(record, key, value)
-            if record.status == "interrupted":
-                record.status = "running"
-        return trainer
+        return load_checkpoint(path, device)
