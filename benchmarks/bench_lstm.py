@@ -31,8 +31,8 @@ from torch import nn
 from studies import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm
 from studies.lstm._cpp import KERNEL_ENV
 from studies.lstm._kernel import TRITON_ENV
-from studies.packed import PackedAdam, PackedLinear, clip_grad_norm_per_model
 from studies.training.graphs import GRAPH_TOLERANCE, GraphedStep
+from studies.training.packed import PackedAdam, PackedLinear, clip_grad_norm_per_model
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ global state. Submit and cancel in `submission`, claim in `claim`, the life of a
 
 from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, ReapedJob
 from studies.queue.claim import claim
-from studies.queue.leases import (
+from studies.queue.held_jobs import (
     cancel_job,
     complete_many,
     fail,
     heartbeat,
-    reap,
     release,
     retry_held,
     set_optuna_trials,
@@ -30,6 +29,7 @@ from studies.queue.reads import (
     running_jobs_by_worker,
     unfinished_jobs,
 )
+from studies.queue.reaper import reap
 from studies.queue.retry import RetryDecision, RetryPolicy
 from studies.queue.submission import (
     cancel_study,

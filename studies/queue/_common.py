@@ -92,3 +92,16 @@ def settle_study(session: Session, study_id: int, now: datetime) -> None:
         study.status = StudyStatus.DONE
     study.finished_at = now
     study.updated_at = now
+
+
+def end_attempt(job: Job, state: JobState, now: datetime, error: str | None) -> None:
+    job.state = state
+    job.lease_token = None
+    job.lease_expires_at = None
+    if error is not None:
+        job.last_error = error
+    if state is JobState.QUEUED:
+        job.worker_id = None
+        job.optuna_trial_id = None  # the next attempt gets its own trial
+    else:
+        job.finished_at = now

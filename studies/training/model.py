@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from studies.lstm import HDetachLSTM, PackedHDetachLSTM
-from studies.packed import PackedLinear
 from studies.training.config import TrialParams, derived_seed
+from studies.training.packed import PackedLinear
 
 
 class PackedSequenceModel(nn.Module):

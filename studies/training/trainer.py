@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from studies.packed import PackedAdam, clip_grad_norm_per_model
 from studies.tasks import Task, make_task
 from studies.training.checkpoint import load_checkpoint, save_checkpoint
 from studies.training.config import TrainingConfig, TrialParams, derived_seed
 from studies.training.graphs import GraphedStep
 from studies.training.model import PackedSequenceModel
+from studies.training.packed import PackedAdam, clip_grad_norm_per_model
 from studies.training.record import TrialRecord
 
 # once per evaluation: {trial index in the pack: its curve point} for the trials still running

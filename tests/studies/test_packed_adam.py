@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studies.packed import PackedAdam
+from studies.training.packed import PackedAdam
 
 LRS = [1e-3, 3e-2, 0.0]  # the last model is frozen, as a diverged trial is
 

@@ -1,4 +1,6 @@
-"""A claimed job's life: heartbeats, its Optuna trial, and how the attempt ends.
+"""What the holder of a claimed job does with it: heartbeats, its Optuna trial, and how the attempt
+ends (completed, queued again, failed, cancelled). Expired leases are the reaper's
+(`studies.queue.reaper`).
 
 Every report is guarded by the lease token the claim handed out, so a report from an attempt
 that has since been reaped or reclaimed changes nothing: `complete_many` and `set_optuna_trials`
@@ -13,13 +15,13 @@ from datetime import datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, bindparam, case, exists, select, update
+from sqlalchemy import Integer, String, Text, bindparam, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_autocommit, run_transaction
-from studies.db.models import Job, JobState, Study, StudyStatus, UTCDateTime, Worker, WorkerStatus
-from studies.queue._common import JOBS, STUDIES, queued_or_cancelling, resolve_now, settle_study
-from studies.queue._types import HeartbeatReply, ReapedJob
+from studies.db.models import Job, JobState, Study, UTCDateTime, Worker
+from studies.queue._common import JOBS, end_attempt, queued_or_cancelling, resolve_now, settle_study
+from studies.queue._types import HeartbeatReply
 from studies.queue.retry import RetryPolicy
 
 
@@ -55,19 +57,6 @@ def _lock_held(session: Session, job_id: int, token: str) -> tuple[Job, bool] | 
         .with_for_update(of=Job)
     ).first()
     return None if row is None else (row[0], row[1])
-
-
-def _end_attempt(job: Job, state: JobState, now: datetime, error: str | None) -> None:
-    job.state = state
-    job.lease_token = None
-    job.lease_expires_at = None
-    if error is not None:
-        job.last_error = error
-    if state is JobState.QUEUED:
-        job.worker_id = None
-        job.optuna_trial_id = None  # the next attempt gets its own trial
-    else:
-        job.finished_at = now
 
 
 def heartbeat(
@@ -219,7 +208,7 @@ def release(
         else:
             job.attempts -= 1
             state = JobState.CANCELLED if cancel_requested else JobState.QUEUED
-        _end_attempt(job, state, now, error)
+        end_attempt(job, state, now, error)
         settle_study(session, job.study_id, now)
         return True
 
@@ -242,62 +231,8 @@ def cancel_job(factory: sessionmaker[Session], job_id: int, token: str, now: dat
         if found is None:
             return False
         job, _ = found
-        _end_attempt(job, JobState.CANCELLED, now, None)
+        end_attempt(job, JobState.CANCELLED, now, None)
         settle_study(session, job.study_id, now)
         return True
-
-    return run_transaction(factory, work)
-
-
-_live_job = exists().where(
-    JOBS.c.study_id == STUDIES.c.id, JOBS.c.state.in_([JobState.QUEUED, JobState.RUNNING])
-)
-_UNSETTLED = select(STUDIES.c.id).where(
-    STUDIES.c.status.in_([StudyStatus.QUEUED, StudyStatus.RUNNING]), ~_live_job.correlate(STUDIES)
-)
-
-
-def reap(
-    factory: sessionmaker[Session], now: datetime | None = None, silent_after: float | None = None
-) -> list[ReapedJob]:
-    """Running jobs whose lease has expired: back to the queue without spending an attempt (the
-    worker died, not the trial), or failed after `MAX_LOST_LEASES` lost leases. With
-    `silent_after` (seconds), workers that have not sent a heartbeat for that long are marked
-    stopped, so `GET /workers` and `/metrics` stop counting a killed worker as running."""
-    now = resolve_now(now)
-
-    def work(session: Session) -> list[ReapedJob]:
-        rows = session.execute(
-            select(Job, Study.cancel_requested)
-            .join(Study, Study.id == Job.study_id)
-            .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
-            .order_by(Job.id)
-            .with_for_update(of=Job, skip_locked=True)
-        ).all()
-        reaped = []
-        for job, cancel_requested in rows:
-            # an infrastructure failure: the claim's attempt is given back, the lost lease counted
-            job.attempts -= 1
-            job.lost_leases += 1
-            decision = RetryPolicy(job.max_attempts).decide_lost(job.lost_leases, cancel_requested)
-            reaped.append(ReapedJob(job.id, job.study_id, job.worker_id, job.optuna_trial_id, decision.state))
-            error = f"lease expired (worker {job.worker_id})"
-            _end_attempt(job, decision.state, now, error if decision.retry else f"{error}; {decision.reason}")
-        if silent_after is not None:
-            # a worker silent this long was killed or lost its node: it no longer counts as running
-            silent_since = now - timedelta(seconds=silent_after)
-            session.execute(
-                update(Worker)
-                .where(
-                    Worker.status.in_([WorkerStatus.RUNNING, WorkerStatus.STOPPING]),
-                    Worker.last_heartbeat < silent_since,
-                )
-                .values(status=WorkerStatus.STOPPED, reason=f"no heartbeat for over {silent_after:g} s")
-            )
-        # and studies left unsettled by a process that died between completing and settling
-        unsettled = set(session.scalars(_UNSETTLED))
-        for study_id in sorted({job.study_id for job in reaped} | unsettled):
-            settle_study(session, study_id, now)
-        return reaped
 
     return run_transaction(factory, work)
