@@ -32,7 +32,8 @@ from studies.lstm.errors import KernelBuildError
 log = logging.getLogger(__name__)
 
 KERNEL_ENV = "HDETACH_LSTM_KERNEL"
-KERNEL_CHOICES = ("auto", "cpp", "python")
+# accelerator: a CPU runs the Python recurrence the way a GPU does (studies.lstm._kernel.cpu_as_accelerator)
+KERNEL_CHOICES = ("auto", "cpp", "python", "accelerator")
 EXTENSION_NAME = "hdetach_lstm_cpu"
 SOURCE_DIR = Path(__file__).parent / "csrc"
 # -fno-trapping-math lets the compiler if-convert, hence vectorise, the clamps in exp: it only
@@ -160,7 +161,7 @@ def cpp_ops() -> Any | None:
     With ``cpp`` a build failure raises; with ``auto`` it is logged once and None is returned.
     """
     choice = kernel_choice()
-    if choice == "python":
+    if choice in ("python", "accelerator"):
         return None
     ops, error = _build()
     if error is not None:

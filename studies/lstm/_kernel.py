@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from studies.lstm._cpp import compiled_ops, uses_cpp
+from studies.lstm._cpp import compiled_ops, kernel_choice, uses_cpp
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ class StepMask:
     blocked_host: the (T, K) bool mask itself when it is on the host (the C++ path reads it), else None.
     """
 
-    def __init__(self, blocked: Tensor, dtype: torch.dtype, device: torch.device):
+    def __init__(self, blocked: Tensor, dtype: torch.dtype, device: torch.device, on_host: bool = True):
         self.keep = (~blocked).to(device=device, dtype=dtype)  # (T, K)
         self.host: list[str] | None = None
         self.blocked_host: Tensor | None = None
-        if blocked.device.type == "cpu":
+        if on_host and blocked.device.type == "cpu":
             self.blocked_host = blocked
             K = blocked.shape[1]
             n_blocked = blocked.sum(dim=1).tolist()
@@ -319,6 +319,14 @@ def _triton_module() -> Any:
     return _triton
 
 
+def cpu_as_accelerator(x: Tensor) -> bool:
+    """Whether a CPU runs the layers over `x` the way a GPU runs them with its mask on the device:
+    all K models in one call, blocked steps multiplied by zero (never skipped), the Python
+    recurrence. HDETACH_LSTM_KERNEL=accelerator asks for it, so that the path every GPU takes is
+    checked without one (tests/studies/test_hdetach_lstm.py)."""
+    return x.device.type == "cpu" and kernel_choice() == "accelerator"
+
+
 def model_chunk_size(K: int, device: torch.device, compiled: bool) -> int:
     """How many packed models one kernel call handles.
 
@@ -347,11 +355,12 @@ def packed_lstm_layers(
     K, H = x.shape[1], h0.shape[-1]
     use_cpp = uses_cpp(x)
     use_triton = not use_cpp and uses_triton(x)
-    chunk = model_chunk_size(K, x.device, use_cpp or use_triton)
+    forced = cpu_as_accelerator(x)  # a CPU running the GPU's path
+    chunk = K if forced else model_chunk_size(K, x.device, use_cpp or use_triton)
     outs, h_ns, c_ns = [], [], []
     for start in range(0, K, chunk):
         models = slice(start, start + chunk)
-        mask = None if blocked is None else StepMask(blocked[:, models], x.dtype, x.device)
+        mask = None if blocked is None else StepMask(blocked[:, models], x.dtype, x.device, not forced)
         out = x[:, models].transpose(0, 1).contiguous()  # (k, T, B, I), model-major for the layers
         h_n, c_n = [], []
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):

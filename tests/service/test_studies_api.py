@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from deployment.settings import Settings
+from service.app import create_app
+from service.deps import require_write
 from studies import queue
 from studies.db.engine import make_engine, session_factory
 from studies.tracking import open_storage
@@ -113,6 +117,42 @@ def test_writes_need_a_valid_token_and_reads_are_open_by_default(server):
     assert forbidden.status_code == 403 and "wrong" not in forbidden.text
     assert server.client(token=None).get("/studies").status_code == 200
     assert server.client(token=None).post("/studies/1/cancel").status_code == 401
+
+
+WRITE_METHODS = ("post", "put", "patch", "delete")
+
+
+def test_every_route_that_writes_refuses_a_missing_or_wrong_token(server):
+    """Every write operation in the OpenAPI schema, so that a route is covered the day it is added."""
+    paths = server.client().get("/openapi.json").json()["paths"]
+    writes = [(method, path) for path, item in paths.items() for method in item if method in WRITE_METHODS]
+    assert ("delete", "/studies/{study_id}") in writes and ("post", "/studies") in writes
+    for method, path in writes:
+        concrete = re.sub(r"\{[^}]+\}", "1", path)  # any id: the token is checked first
+        missing = server.client(token=None).request(method.upper(), concrete, json={})
+        wrong = server.client(token="wrong").request(method.upper(), concrete, json={})
+        assert (missing.status_code, wrong.status_code) == (401, 403), (method, path)
+
+
+def api_routes(routes: list) -> list[APIRoute]:
+    """Every API route, those of included routers too (FastAPI keeps an included router whole)."""
+    found = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):
+            found += api_routes(route.original_router.routes)
+    return found
+
+
+def test_every_route_that_writes_declares_the_write_token_itself():
+    """The gate refuses writes by method before any route runs; each route still requires the write
+    token on its own, so that no route depends on the gate alone."""
+    app = create_app(Settings(database_url="sqlite:///unused.db"))  # routes only: no lifespan, no database
+    writes = [r for r in api_routes(app.routes) if r.methods & {"POST", "PUT", "PATCH", "DELETE"}]
+    assert len(writes) >= 4
+    for route in writes:
+        assert require_write in {d.call for d in route.dependant.dependencies}, (route.methods, route.path)
 
 
 def test_cancel_then_delete_and_delete_refused_while_running(server):

@@ -1,4 +1,9 @@
-"""HDetachLSTM and PackedHDetachLSTM against nn.LSTM and the plain per-step detach loop, in float64."""
+"""HDetachLSTM and PackedHDetachLSTM against nn.LSTM and the plain per-step detach loop, in float64.
+
+The equivalence tests run twice: on the CPU's own path (the compiled kernel, one model at a time
+where it is Python), and on the path every GPU takes (HDETACH_LSTM_KERNEL=accelerator: all models
+in one call, the mask applied by multiplying blocked steps by zero), so that path is checked here,
+without a GPU."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import torch
 from torch import nn
 
 from studies import HDetachLSTM, PackedHDetachLSTM, detach_loop_lstm
+from studies.lstm._cpp import KERNEL_ENV
 
 TOL = 1e-10  # max abs error allowed between implementations, float64
 T, B, I, H = 9, 4, 3, 6
@@ -20,6 +26,13 @@ def _masks(steps: int) -> dict[str, torch.Tensor | None]:
         "all": torch.ones(steps, dtype=torch.bool),
         "first_only": torch.arange(steps) == 0,
     }
+
+
+@pytest.fixture(params=["auto", "accelerator"])
+def kernel(request, monkeypatch):
+    """The CPU's own path, then the accelerator's (read at every forward)."""
+    monkeypatch.setenv(KERNEL_ENV, request.param)
+    return request.param
 
 
 def _grads(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -51,7 +64,7 @@ def _max_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("loss_kind", ["every_step", "last_step"])
-def test_unblocked_equals_nn_lstm(num_layers, batch_first, with_hx, loss_kind):
+def test_unblocked_equals_nn_lstm(num_layers, batch_first, with_hx, loss_kind, kernel):
     torch.manual_seed(0)
     ours = HDetachLSTM(I, H, num_layers, batch_first=batch_first, p_detach=0.5).double()
     ref = nn.LSTM(I, H, num_layers, batch_first=batch_first).double()
@@ -72,7 +85,7 @@ def test_unblocked_equals_nn_lstm(num_layers, batch_first, with_hx, loss_kind):
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("loss_kind", ["every_step", "last_step"])
-def test_masked_equals_per_step_detach_loop(mask_name, num_layers, batch_first, loss_kind):
+def test_masked_equals_per_step_detach_loop(mask_name, num_layers, batch_first, loss_kind, kernel):
     torch.manual_seed(1)
     model = HDetachLSTM(I, H, num_layers, batch_first=batch_first, p_detach=0.5).double()
     shape = (B, T, I) if batch_first else (T, B, I)
@@ -160,7 +173,7 @@ def test_wrong_mask_shape_is_rejected():
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_packed_models_each_equal_their_own_detach_loop(num_layers, batch_first):
+def test_packed_models_each_equal_their_own_detach_loop(num_layers, batch_first, kernel):
     torch.manual_seed(7)
     K = 4
     singles = [HDetachLSTM(I, H, num_layers, batch_first=batch_first).double() for _ in range(K)]

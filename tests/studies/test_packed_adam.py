@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from studies.training.packed import PackedAdam
+from studies.training.packed import PackedAdam, clip_grad_norm_per_model
 
 LRS = [1e-3, 3e-2, 0.0]  # the last model is frozen, as a diverged trial is
 
@@ -74,3 +76,31 @@ def test_bad_arguments_are_refused():
         optimizer.load_state_dict(
             {"state": {}, "param_groups": [{"betas": (0.9, 0.999), "eps": 1e-8, "params": [0, 1]}]}
         )
+
+
+def test_each_model_is_clipped_by_its_own_norm_as_torch_clips_it_alone():
+    gen = torch.Generator().manual_seed(0)
+    K = 4
+    shapes = [(K, 6, 5), (K, 6)]
+    params = [torch.zeros(shape, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    scale = torch.tensor([0.05, 3.0, 40.0, 7.0], dtype=torch.float64)  # gradient norms far apart
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale.view(
+            -1, *[1] * (p.dim() - 1)
+        )
+    max_norm = torch.tensor([1.0, 1.0, 1.0, math.inf], dtype=torch.float64)  # model 3: no clipping
+    expected_norms, expected_grads = [], []
+    for k in range(K):  # each model alone, through torch's own clipping
+        alone = [torch.zeros(p.shape[1:], dtype=torch.float64, requires_grad=True) for p in params]
+        for q, p in zip(alone, params, strict=True):
+            q.grad = p.grad[k].clone()
+        expected_norms.append(float(torch.nn.utils.clip_grad_norm_(alone, float(max_norm[k]))))
+        expected_grads.append([q.grad for q in alone])
+
+    norms = clip_grad_norm_per_model(params, max_norm)
+
+    assert norms.tolist() == pytest.approx(expected_norms, rel=1e-12)
+    assert norms[0] < 1.0 < norms[1] < norms[2]  # one model under its limit, two over it: clipping bites
+    for k in range(K):
+        for p, want in zip(params, expected_grads[k], strict=True):
+            torch.testing.assert_close(p.grad[k], want, rtol=1e-12, atol=0)

@@ -414,6 +414,22 @@ def test_cancel_study_cancels_queued_jobs_and_flags_running_ones(factory: sessio
     assert study.status == "cancelled" and study.finished_at is not None
 
 
+def test_nothing_is_claimed_from_a_study_whose_cancel_is_in_flight(factory: sessionmaker[Session]) -> None:
+    """Cancelling turns queued jobs into cancelled ones in one transaction; a release or a reap that
+    read the study before the cancel committed may still put a job back to queued. Stand in for
+    that race: the study says cancel_requested while its jobs are queued. None may be claimed."""
+    cancelling = queue.submit_study(factory, make_spec("cancelling"))
+    other = queue.submit_study(factory, make_spec("other", hidden_size=16))  # claimed after it, if at all
+
+    def flag(session: Session) -> None:
+        session.get(Study, cancelling).cancel_requested = True
+
+    run_transaction(factory, flag)
+    claimed = queue.claim(factory, "w", max_jobs=8, lease_seconds=LEASE)
+    assert claimed and {job.study_id for job in claimed} == {other}
+    assert queue.job_counts(factory, cancelling)["queued"] == 8
+
+
 def test_cancel_study_with_nothing_running_is_cancelled_at_once(factory: sessionmaker[Session]) -> None:
     study_id = queue.submit_study(factory, make_spec())
     assert queue.cancel_study(factory, study_id).status == "cancelled"

@@ -312,3 +312,22 @@ def test_the_success_rule_is_one_rule_for_direction_threshold_and_improvement(
     assert rule.higher_is_better is (metric == "accuracy")
     # the task's defaults fill what the config leaves unset
     assert TrainingConfig().success_rule("mse", 0.02).model_dump() == {"metric": "mse", "threshold": 0.02}
+
+
+def test_clipping_that_bites_acts_per_trial_alone_or_in_a_pack():
+    """Gradient norms here reach about 0.8; 0.01 clips every step. A pack clips each trial by its
+    own norm (float64: pack equals alone to 1e-9), and the clipped trial trains differently from
+    the same trial unclipped."""
+    config = SMALL.model_copy(update={"dtype": "float64"})
+    trials = [
+        TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=2, clip_norm=0.01),
+        TrialParams(variant="vanilla", p_detach=0.0, lr=1e-2, seed=3, clip_norm=None),
+        TrialParams(variant="vanilla", p_detach=0.0, lr=1e-2, seed=5, clip_norm=0.5),
+    ]
+    packed = PackTrainer(config, trials).run()
+    for k, trial in enumerate(trials):
+        alone = PackTrainer(config, [trial]).run()[0]
+        for p, q in zip(alone.curve, packed[k].curve, strict=True):
+            assert _close(p, q, 1e-9), (k, p, q)
+    unclipped = PackTrainer(config, [trials[0].model_copy(update={"clip_norm": None})]).run()[0]
+    assert abs(unclipped.curve[-1]["train_loss"] - packed[0].curve[-1]["train_loss"]) > 1e-4
