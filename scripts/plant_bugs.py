@@ -12,12 +12,12 @@ shows the last table.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
 import subprocess
 import sys
-import io
 import tarfile
 import tempfile
 import time
