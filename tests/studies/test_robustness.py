@@ -76,6 +76,14 @@ def test_lr_stats_match_hand_computed_values():
     assert row.median_steps_to_threshold == 200.0
 
 
+@pytest.mark.parametrize("metric, higher_is_better", [("accuracy", True), ("mse", False)])
+def test_a_run_exactly_at_the_threshold_is_a_success_either_way(metric, higher_is_better):
+    """The success rule is "at least as good as the threshold", as the trainer's (SuccessRule.meets)."""
+    at, worse = 0.5, 0.4 if higher_is_better else 0.6
+    (row,) = summarize(grid("vanilla", {0.01: [at, worse]}), metric, 0.5, higher_is_better).variants[0].lrs
+    assert (row.successes, row.success_rate) == (1, 0.5)
+
+
 def test_lrs_are_sorted_and_std_needs_two_values():
     summary = acc(grid("vanilla", {1e-2: [0.9], 1e-4: [0.9, 0.8], 1e-3: [0.7, 0.9]}))
     rows = summary.variants[0].lrs

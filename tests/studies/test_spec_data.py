@@ -150,3 +150,12 @@ def test_the_stored_root_is_resolved_and_idx_links_out_of_the_directory_are_refu
         os.symlink(outside / file.name if "t10k" in file.name else file, allowed / "mixed" / file.name)
     message = refusal(preset_spec("pixel-mnist", {"task": {"mnist_root": "mixed"}}), allowed)
     assert "links to IDX files outside HDETACH_MNIST_DIR" in message
+
+
+def test_a_budget_may_evaluate_at_its_last_step_only_but_not_past_it():
+    base = preset_spec("copying-T100-small")
+    steps = base["budget"]["steps"]
+    at_the_end = {**base, "budget": {**base["budget"], "eval_every": steps}}
+    assert validated(at_the_end).budget.eval_every == steps
+    past_it = {**base, "budget": {**base["budget"], "eval_every": steps + 1}}
+    assert "budget.eval_every must not exceed budget.steps" in refusal(past_it)
