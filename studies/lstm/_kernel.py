@@ -104,7 +104,7 @@ def forward_recurrence(act: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tup
     T = act.shape[1]
     H = w_hh.shape[-1]
     h, c, tanh_c = state_buffers(act, h0, c0)
-    minus_one = act.new_tensor(-1.0)
+    minus_one = act.new_full((), -1.0)  # filled on the device: a host copy could not be graph-captured
     w_hh_t = w_hh.transpose(1, 2)  # (K, H, 4H)
     for t in range(T):
         a = act[:, t]  # (K, B, 4H)
@@ -137,7 +137,7 @@ def backward_recurrence(
     K, T, B, _ = act.shape
     H = w_hh.shape[-1]
     o, i, f, g = act.split(H, dim=-1)  # each (K, T, B, H)
-    one, half = act.new_tensor(1.0), act.new_tensor(0.5)
+    one, half = act.new_full((), 1.0), act.new_full((), 0.5)  # on the device, as above
 
     # Local derivatives for all steps at once, written in place (large temporaries cost page
     # faults on a CPU). d_pre[:, t] = local * (dh_t for o; dc_t for i, f, g) afterwards.

@@ -16,9 +16,10 @@ failed check is an error, `off` never. Graphs are a CUDA feature: on a CPU every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -45,7 +46,8 @@ def graphs_choice() -> str:
 
 
 def capture_cuda_graph(run: Callable[[], None], reset: Callable[[], None]) -> Callable[[], None]:
-    """Warm `run` up on a side stream, `reset` what the warm-up changed, capture `run` as a graph."""
+    """Warm `run` up on a side stream, `reset` what the warm-up changed, capture `run` as a graph
+    (on the current CUDA device: GraphedStep makes it the inputs' device)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -102,7 +104,8 @@ class GraphedStep:
         replay, static = entry
         for buffer, value in zip(static, inputs, strict=True):
             buffer.copy_(value)
-        replay()
+        with _on_device_of(inputs):
+            replay()
 
     def _first_step(self, inputs: Sequence[Tensor]) -> tuple[Callable[[], None], list[Tensor]] | None:
         """Run the step once eagerly and once as a graph from the same state; keep the graph if the
@@ -114,8 +117,12 @@ class GraphedStep:
         try:
             _restore(tensors, before)
             static = [t.clone() for t in inputs]
-            replay = self.capture(lambda: self.step(*static), lambda: _restore(tensors, before))
-            replay()
+            with _on_device_of(inputs):
+                replay = self.capture(lambda: self.step(*static), lambda: _restore(tensors, before))
+                # again: had the step run while "captured" (kernels sent to another device's stream,
+                # say), an empty graph would otherwise pass the comparison below
+                _restore(tensors, before)
+                replay()
             _check_equal(tensors, expected, self.tolerance)
         except Exception as error:  # any failure means: this shape runs eagerly
             _restore(tensors, expected)
@@ -127,6 +134,18 @@ class GraphedStep:
             log.warning("CUDA graph not used for inputs %s (%s); the step runs eagerly", _shapes(inputs), why)
             return None
         return replay, static
+
+
+@contextlib.contextmanager
+def _on_device_of(inputs: Sequence[Tensor]) -> Iterator[None]:
+    """The inputs' CUDA device as the current one (capture, its side stream and replay use the
+    current device, which is cuda:0 unless set), or nothing for other devices."""
+    device = inputs[0].device if inputs else None
+    if device is None or device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
 
 
 def _shape_key(inputs: Sequence[Tensor]) -> tuple:

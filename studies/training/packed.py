@@ -104,7 +104,7 @@ class PackedAdam:
         return self._lr
 
     @lr.setter
-    def lr(self, lr: Tensor | Sequence[float]) -> None:
+    def lr(self, lr: Tensor | Sequence[float]) -> None:  # new tensors: set before a step is graph-captured
         lr = torch.as_tensor(lr, dtype=torch.float64).clone()
         if (lr < 0).any():
             raise ValueError("learning rates must be non-negative")

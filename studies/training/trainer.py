@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -104,8 +105,14 @@ class PackTrainer:
         self._loss_sum_on = torch.zeros(K, dtype=torch.float64, device=device)
         self._loss_count_on = torch.zeros(K, dtype=torch.int64, device=device)
         self._step_on = torch.zeros((), dtype=torch.int64, device=device)
+        # the graph holds the step through weak references: a trainer and its graph would otherwise
+        # keep each other (and the pack's GPU memory) alive until a full garbage collection
+        step, state = weakref.WeakMethod(self._device_step), weakref.WeakMethod(self._step_state)
         self.graphed_step = GraphedStep.for_device(
-            self.device, self.dtype, self._device_step, self._step_state
+            self.device,
+            self.dtype,
+            lambda *inputs: step()(*inputs),  # type: ignore[misc]
+            lambda: state()(),  # type: ignore[misc]
         )
         # read the device's outcome after every step where that costs nothing (no device to wait for)
         self.collect_every_step = self.device.type == "cpu"

@@ -103,5 +103,17 @@ def test_graphed_and_eager_training_agree_in_float32_and_the_graph_is_used(monke
     assert results["on"][-1].status == "diverged"
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA GPU")
+def test_a_graphed_pack_on_the_second_gpu_trains_as_eager(monkeypatch):
+    """Capture and replay happen on the pack's own device, not on the current one (cuda:0)."""
+    config = CONFIG.model_copy(update={"dtype": "float32"})
+    results = {}
+    for graphs in ("on", "off"):
+        monkeypatch.setenv(GRAPHS_ENV, graphs)
+        results[graphs] = PackTrainer(config, TRIALS, "cuda:1").run()
+    for a, b in zip(results["on"], results["off"], strict=True):
+        assert _close(a.final, b.final, 1e-5) and a.curve[-1]["step"] == b.curve[-1]["step"]
+
+
 def test_the_workers_device_check_passes_on_cuda():
     check_device("cuda:0")  # raises on a device that cannot train

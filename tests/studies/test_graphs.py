@@ -5,7 +5,9 @@ captures real CUDA graphs on a GPU)."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -133,3 +135,44 @@ def test_an_unknown_graphs_setting_is_refused(monkeypatch):
     monkeypatch.setenv(GRAPHS_ENV, "sometimes")
     with pytest.raises(ValueError, match="HDETACH_CUDA_GRAPHS='sometimes': expected one of auto, on, off"):
         graphs_choice()
+
+
+def test_a_graph_that_replays_nothing_is_dropped(caplog):
+    """A capture whose kernels in fact ran while "captured" (sent to another device's stream, say)
+    leaves an empty graph; the check puts the state back before replaying, so it cannot pass."""
+
+    def runs_instead_of_capturing(run, reset):
+        run()
+        reset()
+        run()  # ran, not captured
+        return lambda: None
+
+    _, eager = _trained()
+    with caplog.at_level(logging.WARNING, logger="studies.training.graphs"):
+        trainer, fallen_back = _trained(
+            lambda t: GraphedStep(t._device_step, t._step_state, 1e-5, capture=runs_instead_of_capturing)
+        )
+    assert _outcome(fallen_back) == _outcome(eager)
+    assert list(trainer.graphed_step.outcomes.values()) == [False] and len(caplog.records) == 1
+
+
+def test_a_trainer_with_a_graph_is_freed_without_waiting_for_the_garbage_collector(monkeypatch):
+    """The graph reaches the trainer's step through weak references, so no cycle keeps a finished
+    pack's memory (on a GPU: its parameters, Adam state and graph pool) alive."""
+    monkeypatch.setattr(
+        GraphedStep,
+        "for_device",
+        classmethod(
+            lambda cls, device, dtype, step, state: cls(step, state, 1e-5, capture=replaying_capture)
+        ),
+    )
+    gc.disable()
+    try:
+        trainer = PackTrainer(CONFIG, TRIALS[:2])
+        trainer.run()
+        assert list(trainer.graphed_step.outcomes.values()) == [True]
+        model = weakref.ref(trainer.model)
+        del trainer
+        assert model() is None
+    finally:
+        gc.enable()
