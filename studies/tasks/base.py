@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from studies.training.sections import Metric
+from studies.training.sections import Metric, SuccessRule
 
 Tensor = torch.Tensor
 
@@ -64,6 +64,11 @@ class Task(ABC):
         """Means per model from summed `metrics()` dicts: every key but "count" divided by "count"."""
         count = sums["count"]
         return {key: value / count for key, value in sums.items() if key != "count"}
+
+    @classmethod
+    def default_success(cls) -> SuccessRule:
+        """The task's own success rule: its metric and threshold."""
+        return SuccessRule(metric=cls.success_metric, threshold=cls.success_threshold)
 
     def for_trial(self, task_seed: int) -> Task:
         """The task as the trial with this derived seed sees it: the same task for most tasks; permuted

@@ -23,8 +23,7 @@ _TASK_CLASSES: dict[str, type[Task]] = {
 
 def default_success(name: str) -> SuccessRule:
     """The task's own success rule (its metric and threshold), without building the task."""
-    task_class = _TASK_CLASSES[name]
-    return SuccessRule(metric=task_class.success_metric, threshold=task_class.success_threshold)
+    return _TASK_CLASSES[name].default_success()
 
 
 def _mnist_task(

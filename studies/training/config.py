@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from studies.storable import JSONInt, Seed, StorableText
 from studies.training.sections import (
     BudgetSpec,
-    Metric,
     ModelSpec,
     SuccessRule,
     SuccessSpec,
@@ -175,11 +174,9 @@ class TrainingConfig(BaseModel):
     def stop_on_success(self) -> bool:
         return self.success is not None and self.success.stop_on_success
 
-    def success_rule(self, task_metric: Metric, task_threshold: float) -> SuccessRule:
-        """This config's success rule, or the task's default one."""
-        if self.success is not None:
-            return self.success
-        return SuccessRule(metric=task_metric, threshold=task_threshold)
+    def success_rule(self, task_default: SuccessRule) -> SuccessRule:
+        """This config's success rule, or the task's default one (Task.default_success)."""
+        return self.success if self.success is not None else task_default
 
     @property
     def p_off_step(self) -> int:

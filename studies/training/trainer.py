@@ -89,7 +89,7 @@ class PackTrainer:
         self.p_detach = self.model.lstm.p_detach.detach().to("cpu", torch.float32)
         self.data_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "data")) for t in self.trials]
         self.mask_gens = [torch.Generator().manual_seed(derived_seed(t.seed, "mask")) for t in self.trials]
-        self.success = config.success_rule(self.task.success_metric, self.task.success_threshold)
+        self.success = config.success_rule(self.task.default_success())
         # each trial's view of the task (its own pixel permutation, for per-seed permuted MNIST)
         self.trial_tasks = [self.task.for_trial(derived_seed(t.seed, "task")) for t in self.trials]
         self.records = [TrialRecord(t, data=self.task.description) for t in self.trials]

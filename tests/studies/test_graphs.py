@@ -13,15 +13,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from studies.training import PackTrainer, TaskConfig, TrainingConfig, TrialParams
+from studies.training import PackTrainer, TrialParams
 from studies.training.graphs import GRAPHS_ENV, GraphedStep, graphs_choice
-from studies.training.sections import BudgetSpec, ModelSpec
+from tests.studies.test_trainer import SMALL
 
-CONFIG = TrainingConfig(
-    task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
-    model=ModelSpec(hidden_size=8),
-    budget=BudgetSpec(steps=24, batch_size=8, eval_every=8, eval_batch_size=256),
-)
+CONFIG = SMALL  # copying T=4, hidden 8, 24 steps: test_trainer's small pack
 TRIALS = [
     TrialParams(variant="vanilla", p_detach=0.0, lr=1e-3, seed=1),
     TrialParams(variant="h-detach", p_detach=0.5, lr=1e-2, seed=2, clip_norm=0.05),

@@ -16,7 +16,7 @@ from studies.training.config import (
     PAPER_MNIST_EPOCHS,
     PAPER_MNIST_P_OFF_FRACTION,
 )
-from studies.training.sections import BudgetSpec, ModelSpec, SuccessSpec, TrainingOptions
+from studies.training.sections import BudgetSpec, ModelSpec, SuccessRule, SuccessSpec, TrainingOptions
 
 SMALL = TrainingConfig(
     task=TaskConfig(name="copying", T=4, n_val=200, n_test=400),
@@ -304,14 +304,14 @@ def test_the_success_rule_is_one_rule_for_direction_threshold_and_improvement(
     metric, value, meets, better_than_half
 ):
     threshold = 0.99 if metric == "accuracy" else 0.01
-    rule = TrainingConfig(success=SuccessSpec(metric=metric, threshold=threshold)).success_rule(
-        "accuracy", 0.5
-    )
+    task_default = SuccessRule(metric="accuracy", threshold=0.5)
+    rule = TrainingConfig(success=SuccessSpec(metric=metric, threshold=threshold)).success_rule(task_default)
     assert (rule.metric, rule.threshold) == (metric, threshold)
     assert rule.meets(value) is meets and rule.better(value, 0.5) is better_than_half
     assert rule.higher_is_better is (metric == "accuracy")
     # the task's defaults fill what the config leaves unset
-    assert TrainingConfig().success_rule("mse", 0.02).model_dump() == {"metric": "mse", "threshold": 0.02}
+    mse = SuccessRule(metric="mse", threshold=0.02)
+    assert TrainingConfig().success_rule(mse).model_dump() == {"metric": "mse", "threshold": 0.02}
 
 
 def test_clipping_that_bites_acts_per_trial_alone_or_in_a_pack():
