@@ -75,7 +75,7 @@ def one_run(url: str, spec: StudySpec, pack: int) -> dict[str, Any]:
     timer = worker.phase_hook = PhaseTimer()
     startup = time.perf_counter() - started
     submitted = time.perf_counter()
-    backend.submit(spec)
+    backend.submit(spec.model_dump(mode="json"))
     worker.run()
     wall = time.perf_counter() - submitted
     backend.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from functools import cached_property
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import optuna
 from optuna.storages import RDBStorage
@@ -16,6 +17,8 @@ from studies import queue
 from studies.db.engine import make_engine, session_factory, upgrade
 from studies.spec import StudySpec
 from studies.tracking import create_optuna_study, open_storage
+
+SpecData = str | bytes | Mapping[str, Any]  # a study spec as JSON text or as its parsed value
 
 
 class Database:
@@ -52,15 +55,20 @@ class Backend(Database):
         super().__init__(settings.database_url)
         self.settings = settings
 
-    def parse_spec(self, text: str) -> StudySpec:
-        """Validate a JSON spec against this deployment's limits (raises pydantic's ValidationError)."""
-        return StudySpec.model_validate_json(text, context={"limits": self.settings.spec_limits()})
+    def parse_spec(self, data: SpecData) -> StudySpec:
+        """Validate a spec (JSON text or its parsed value) against this deployment's limits: the one
+        validation a submitted spec gets (raises pydantic's ValidationError)."""
+        context = {"limits": self.settings.spec_limits()}
+        if isinstance(data, str | bytes):
+            return StudySpec.model_validate_json(data, context=context)
+        return StudySpec.model_validate(data, context=context)
 
-    def submit(self, spec: StudySpec) -> int:
-        """Queue the study's jobs (one transaction), then register its Optuna study."""
-        study_id = queue.submit_study(
-            self.factory, spec, max_attempts=self.settings.max_attempts, limits=self.settings.spec_limits()
-        )
+    def submit(self, data: SpecData) -> int:
+        """Validate the spec once with this deployment's limits, queue its jobs (one transaction),
+        then register its Optuna study. Takes the spec as data, not a `StudySpec`, so that no spec
+        validated without these limits can reach the queue (ValidationError if it is invalid)."""
+        spec = self.parse_spec(data)
+        study_id = queue.submit_study(self.factory, spec, max_attempts=self.settings.max_attempts)
         study = queue.get_study(self.factory, study_id)
         create_optuna_study(self.storage, study.optuna_study_name, spec, study_id)
         return study_id

@@ -253,10 +253,10 @@ def submit(
         fail(f"--overrides is not JSON: {e}")
     with Backend(load_settings(database_url)) as backend:
         try:
-            spec = backend.parse_spec(text)
+            study_id = backend.submit(text)
         except ValidationError as e:
             fail(f"invalid spec: {validation_message(e)}")
-        typer.echo(backend.submit(spec))
+        typer.echo(study_id)
 
 
 @app.command()

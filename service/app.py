@@ -17,6 +17,7 @@ from service.gate import Gate
 from service.metrics import make_registry
 from service.routes import ops, presets, reports, studies
 from studies.exceptions import Conflict, NotFound
+from studies.spec import StudySpec
 
 DESCRIPTION = """Submit robustness studies of LSTM training (variants x learning rates x seeds),
 follow them, and read how robust each variant is: per-learning-rate statistics, success rates
@@ -65,6 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         HDETACH_READ_REQUIRES_TOKEN is set (the routes declare it, for that case)."""
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
+            # the spec routes read their body raw and validate it once (see service.deps.JsonBody)
+            spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec_schema.pop("$defs", {}))
+            components["StudySpec"] = spec_schema
             if not settings.read_requires_token:
                 for item in schema.get("paths", {}).values():
                     for operation in (item.get(method) for method in ("get", "head")):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, Field
 
-from service.deps import AUTH, BackendDep, ReadAccess, WriteAccess, submit_validated
+from service.deps import AUTH, BackendDep, ReadAccess, WriteAccess, submit_spec
 from service.schemas import Problem, StudyCreated
 from studies.paper import PaperFigure, paper_figures
 from studies.presets import PRESETS, preset_spec
@@ -65,4 +65,4 @@ def submit_preset(
         data = preset_spec(name, overrides)
     except KeyError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error.args[0])) from error
-    return submit_validated(backend, data)
+    return submit_spec(backend, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from service.cache import NOT_MODIFIED, CacheDep, respond
 from service.deps import (
@@ -14,12 +14,14 @@ from service.deps import (
     NOT_FOUND,
     BackendDep,
     CellIndex,
+    JsonBody,
     ReadAccess,
     StudyId,
     WriteAccess,
     links,
     load,
-    submit_validated,
+    spec_request_body,
+    submit_spec,
     summary_entry,
 )
 from service.schemas import Curve, Problem, StudyCreated, StudyOut, StudyPage
@@ -27,7 +29,6 @@ from studies import queue
 from studies.db.models import Study, StudyStatus
 from studies.results import CurvePoint, TrialRow, curve_points, job_result, trial_row
 from studies.robustness import RobustnessSummary
-from studies.spec import StudySpec
 from studies.tracking import intermediate_values
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -72,12 +73,11 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
     response_model=StudyCreated,
     dependencies=[WriteAccess],
     responses={**AUTH, 422: {"description": "the spec is invalid; `detail` names the field"}},
+    openapi_extra=spec_request_body({"small": {"value": EXAMPLE_SPEC}}),
 )
-def create_study(
-    backend: BackendDep, spec: Annotated[StudySpec, Body(openapi_examples={"small": {"value": EXAMPLE_SPEC}})]
-) -> StudyCreated:
+def create_study(backend: BackendDep, body: JsonBody) -> StudyCreated:
     """Queue a study: one job per (variant, learning rate, seed). Nothing is written unless all is."""
-    return submit_validated(backend, spec.model_dump())  # the deployment's limits on top of the schema
+    return submit_spec(backend, body)
 
 
 @router.get("", response_model=StudyPage, dependencies=[ReadAccess], responses=AUTH)

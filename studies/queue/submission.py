@@ -26,9 +26,8 @@ def default_optuna_study_name(study_id: int, name: str) -> str:
     return f"hdetach-{study_id}-{name}"
 
 
-def validate_spec(spec: StudySpec | Mapping[str, Any], limits: SpecLimits | None = None) -> StudySpec:
-    """Validate (again) against `limits`: what is stored is exactly what `StudySpec` loads back."""
-    data = spec.model_dump(mode="json", warnings=False) if isinstance(spec, StudySpec) else spec
+def validate_spec(data: Mapping[str, Any], limits: SpecLimits | None = None) -> StudySpec:
+    """Validate spec data against `limits` (default: DEFAULT_LIMITS); SpecError if it is invalid."""
     try:
         return StudySpec.model_validate(data, context={"limits": limits or DEFAULT_LIMITS})
     except ValidationError as exc:
@@ -49,12 +48,13 @@ def submit_study(
 ) -> int:
     """Queue a study and one job per grid cell, all in one transaction; returns the study id.
 
-    The spec is validated before anything is written (with `limits`, the deployment's, or the
-    defaults), so a bad spec raises SpecError and leaves the database untouched.
+    A `StudySpec` is valid by construction and stored as it is (`deployment.Backend.submit` made it
+    with the deployment's limits); spec data is validated here first, with `limits` or the
+    defaults. Either way a bad spec raises before anything is written.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
-    valid = validate_spec(spec, limits)
+    valid = spec if isinstance(spec, StudySpec) else validate_spec(spec, limits)
     cells, key, spec_json = valid.cells(), pack_key(valid), valid.model_dump_json()
     name_fn = optuna_study_name_fn or default_optuna_study_name
     now = resolve_now(None)

@@ -166,7 +166,7 @@ def test_submit_rejects_a_bad_spec_before_writing(factory: sessionmaker[Session]
         queue.submit_study(factory, data)
     assert caught.value.errors[0]["loc"] == ("seeds",)
     with pytest.raises(SpecError, match="grid of 8 trials exceeds"):
-        queue.submit_study(factory, make_spec(), limits=SpecLimits(max_grid_size=4))
+        queue.submit_study(factory, make_spec().model_dump(mode="json"), limits=SpecLimits(max_grid_size=4))
     assert rows(factory, Study) == rows(factory, Job) == 0
 
 

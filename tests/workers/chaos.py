@@ -126,7 +126,7 @@ def run_chaos(
     spec = StudySpec.model_validate({**SPEC, "seeds": list(range(1, seeds + 1))})
     with _database(backend) as (url, pg_name):
         with Backend(Settings(database_url=url)) as backend_handle:
-            study_id = backend_handle.submit(spec)
+            study_id = backend_handle.submit(spec.model_dump(mode="json"))
         report = ChaosReport(backend, cells=len(spec.cells()))
         engine = make_engine(url)  # pre-ping: the harness's own connections survive the drops
         factory = session_factory(engine)

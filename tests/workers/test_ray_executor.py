@@ -103,11 +103,11 @@ def test_ray_engine_records_results_like_the_queue(database_url, factory, tmp_pa
     mnist_dir = tmp_path / "mnist"
     write_idx(mnist_dir)
     with Backend(Settings(database_url=database_url, max_attempts=2, mnist_dir=str(mnist_dir))) as backend:
-        trained = backend.submit(StudySpec.model_validate(TINY))
-        broken = backend.submit(StudySpec.model_validate(NO_DATA))
+        trained = backend.submit(TINY)
+        broken = backend.submit(NO_DATA)
         shutil.rmtree(mnist_dir)  # the data is gone by the time a worker reads it: a trial error
         # the same grid for the queue engine, to compare with
-        on_queue = backend.submit(StudySpec.model_validate({**TINY, "name": "tiny-queue", "engine": "queue"}))
+        on_queue = backend.submit({**TINY, "name": "tiny-queue", "engine": "queue"})
 
     # queue workers leave the Ray studies alone
     Worker(WorkerOptions(database_url=database_url, pack=4, threads=1, exit_when_idle=True)).run()
@@ -179,7 +179,7 @@ def test_watching_driver_picks_up_studies_stops_cancelled_packs_and_sigterm(tmp_
         wait_for(
             lambda: any(w.status == "running" for w in queue.list_workers(backend.factory)), process, tmp_path
         )
-        study_id = backend.submit(StudySpec.model_validate(long))  # submitted while the driver watches
+        study_id = backend.submit(long)  # submitted while the driver watches
         optuna_name = queue.get_study(backend.factory, study_id).optuna_study_name
 
         def curves_started() -> bool:

@@ -19,7 +19,6 @@ from sqlalchemy.exc import OperationalError
 from deployment.backend import Backend
 from deployment.settings import Settings
 from studies import queue
-from studies.spec import StudySpec
 from tests.workers.test_worker_processes import TINY, factory, recorded_trials_per_cell, start_worker
 from workers.supervisor import (
     NoDevicesError,
@@ -38,7 +37,7 @@ TWO_CELLS = {**TINY, "learning_rates": [0.001], "seeds": [1]}  # vanilla and h-d
 
 def submit(url: str, spec: dict) -> int:
     with Backend(Settings(database_url=url)) as backend:
-        return backend.submit(StudySpec.model_validate(spec))
+        return backend.submit(spec)
 
 
 def wait_for(condition, seconds: float, what: str, process: subprocess.Popen[str] | None) -> None:

@@ -17,7 +17,6 @@ from deployment.backend import Backend
 from deployment.settings import Settings
 from studies import queue
 from studies.lstm import KernelBuildError
-from studies.spec import StudySpec
 from tests.workers.test_worker_processes import TINY, factory, recorded_trials_per_cell, start_worker
 from workers.failures import FailureKind, InfrastructureError, classify, touches_the_device
 from workers.worker import check_device
@@ -29,7 +28,7 @@ FAST = {"HDETACH_LEASE_SECONDS": "2", "HDETACH_HEARTBEAT_SECONDS": "0.5", "HDETA
 
 def submit(url: str, **changes) -> int:
     with Backend(Settings(database_url=url)) as backend:
-        return backend.submit(StudySpec.model_validate({**TINY, **changes}))
+        return backend.submit({**TINY, **changes})
 
 
 def run_worker(url: str, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -16,7 +16,6 @@ from deployment.backend import Backend
 from deployment.settings import Settings
 from studies import queue
 from studies.db.engine import make_engine, session_factory
-from studies.spec import StudySpec
 from studies.tracking import open_storage
 
 TINY = {
@@ -56,7 +55,7 @@ def factory(database_url):
 
 def test_several_workers_drain_a_study_exactly_once(database_url, factory):
     with Backend(Settings(database_url=database_url)) as backend:
-        study_id = backend.submit(StudySpec.model_validate(TINY))
+        study_id = backend.submit(TINY)
     workers = [start_worker(database_url, "--pack", "2", "--exit-when-idle") for _ in range(3)]
     for w in workers:
         out, _ = w.communicate(timeout=240)
@@ -82,7 +81,7 @@ def test_sigkilled_worker_loses_nothing(database_url, factory):
         "budget": {"steps": 4000, "eval_every": 50, "batch_size": 4, "eval_batch_size": 16},
     }
     with Backend(Settings(database_url=database_url)) as backend:
-        study_id = backend.submit(StudySpec.model_validate(spec))
+        study_id = backend.submit(spec)
     fast_lease = {
         "HDETACH_LEASE_SECONDS": "3",
         "HDETACH_HEARTBEAT_SECONDS": "0.5",
@@ -142,7 +141,7 @@ def test_worker_survives_the_server_dropping_its_connections():
             ).fetchone()
         assert dropped is not None and dropped[0] > 0
         with Backend(Settings(database_url=url)) as backend:
-            study_id = backend.submit(StudySpec.model_validate({**TINY, "name": "after-drop"}))
+            study_id = backend.submit({**TINY, "name": "after-drop"})
             while queue.get_study(backend.factory, study_id).status != "done":
                 assert time.monotonic() < deadline + 60 and thread.is_alive()
                 time.sleep(0.2)
