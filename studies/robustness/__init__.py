@@ -18,7 +18,9 @@ from studies.robustness._curves import expected_max
 from studies.robustness._outcome import TrialOutcome, TrialState, TrialTable, read_trials
 from studies.robustness._schema import (
     Comparison,
+    LRDifference,
     LRStats,
+    PairDifference,
     RobustnessSummary,
     SeedSpread,
     SeedValue,
@@ -30,7 +32,9 @@ from studies.robustness._wilson import wilson_interval
 
 __all__ = [
     "Comparison",
+    "LRDifference",
     "LRStats",
+    "PairDifference",
     "RobustnessSummary",
     "SeedSpread",
     "SeedValue",
