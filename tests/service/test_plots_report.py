@@ -114,6 +114,13 @@ def assert_png(data: bytes) -> None:
 # -- plots ---------------------------------------------------------------------------------------
 
 
+def svg_texts(data: bytes) -> list[str]:
+    """The text elements of an SVG: its text is kept as text (svg.fonttype none), not glyph paths."""
+    return [
+        "".join(e.itertext()).strip() for e in ET.fromstring(data).iter("{http://www.w3.org/2000/svg}text")
+    ]
+
+
 @pytest.mark.parametrize("case", ["complete", "partial", "nothing-done", "single-lr-and-seed"])
 @pytest.mark.parametrize("name", PLOT_NAMES)
 def test_every_plot_renders_valid_svg(case, name):
@@ -149,9 +156,54 @@ def test_svg_output_is_reproducible_and_follows_the_data():
 
 
 def test_diverged_runs_get_a_legend_entry_only_when_some_diverged():
-    # svg text is drawn as glyph paths, each string kept in a comment next to them
-    assert "diverged" in rendered("complete", "metric_vs_lr", "svg").decode()
-    assert "diverged" not in rendered("single-lr-and-seed", "metric_vs_lr", "svg").decode()
+    assert "diverged" in svg_texts(rendered("complete", "metric_vs_lr", "svg"))
+    assert "diverged" not in svg_texts(rendered("single-lr-and-seed", "metric_vs_lr", "svg"))
+
+
+@pytest.mark.parametrize("name", PLOT_NAMES)
+def test_svg_text_is_text_and_legends_name_p_detach(name):
+    import matplotlib
+
+    texts = svg_texts(rendered("complete", name, "svg"))
+    assert "<path" not in "".join(texts) and texts  # real <text> elements
+    assert any("h-detach (p_detach 0.5)" in t for t in texts), texts
+    assert matplotlib.rcParams["svg.fonttype"] == "path"  # set while saving only, then given back
+
+
+def test_learning_curves_show_a_mean_and_band_per_variant_and_tell_the_seeds_apart():
+    texts = svg_texts(rendered("complete", "learning_curves", "svg"))
+    assert {"vanilla (p_detach 0): mean", "h-detach (p_detach 0.5): mean", "range over seeds"} <= set(texts)
+    assert {"seed 0", "seed 1", "seed 2"} <= set(texts)
+    assert "styles repeat" not in " ".join(texts)
+    spec, rows, curves, summary = study(seeds=tuple(range(17)), lrs=(1e-2,))
+    many = svg_texts(render_plot("learning_curves", "svg", spec, rows, curves, summary))
+    assert "seed 15" in many and "seed 16" not in many and "(styles repeat after 16 seeds)" in many
+
+
+def test_steps_plot_says_how_many_seeds_reached_the_threshold_of_those_that_ran():
+    texts = svg_texts(rendered("complete", "steps_to_threshold", "svg"))
+    # make_rows: vanilla never reaches 0.9 below the top lr and diverges there; h-detach always does
+    assert texts.count("0/3") == 3 and texts.count("3/3") == 3
+    spec, rows, curves, _ = study()
+    rows[-1] = rows[-1].model_copy(update={"state": "failed", "metric": None, "steps_to_threshold": None})
+    summary = study_summary(spec, rows)
+    failed = svg_texts(render_plot("steps_to_threshold", "svg", spec, rows, curves, summary))
+    assert {"2/2", "+1 failed"} <= set(failed) and failed.count("3/3") == 2  # one element per line
+
+
+def test_paired_difference_plot_draws_the_summarys_pairs_and_marks_unreliable_intervals():
+    texts = svg_texts(rendered("complete", "paired_difference", "svg"))
+    assert "paired difference with vanilla (p_detach 0)" in " ".join(texts)
+    assert "interval from 2–3 pairs: unreliable" in texts  # 3 seeds per lr
+    assert "baseline diverged (win)" in texts  # vanilla diverges at the top lr
+    spec, rows, curves, summary = study(seeds=(0, 1, 2, 3))
+    four = svg_texts(render_plot("paired_difference", "svg", spec, rows, curves, summary))
+    assert "interval from 2–3 pairs: unreliable" not in four
+    single = study()
+    spec = single[0].model_copy(update={"variants": single[0].variants[:1]})
+    rows = [r for r in single[1] if r.variant == "vanilla"]
+    alone = render_plot("paired_difference", "svg", spec, rows, single[2], study_summary(spec, rows))
+    assert "only one variant: nothing to compare" in svg_texts(alone)
 
 
 def test_steps_plot_says_so_when_no_trial_reached_the_threshold():
@@ -160,6 +212,7 @@ def test_steps_plot_says_so_when_no_trial_reached_the_threshold():
     svg = render_plot("steps_to_threshold", "svg", spec, failing, curves, study_summary(spec, failing))
     assert_svg(svg)
     assert "no trial reached the threshold" in svg.decode()
+    assert "0/3" in svg_texts(svg)
     assert "no trial reached the threshold" not in rendered("complete", "steps_to_threshold", "svg").decode()
 
 
