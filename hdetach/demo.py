@@ -118,9 +118,11 @@ def run_demo(steps: int, workers: int, out_dir: Path, console: Console, seeds: i
             console.print(line, markup=False)  # "[95% CI ...]" is text, not a style
         report = run_dir / "report.html"
         html = api.get(f"/studies/{study['id']}/report").text
-        for name in ("metric_vs_lr", "success_vs_lr", "learning_curves", "steps_to_threshold"):
+        from service.plots import PLOT_NAMES
+
+        for name in PLOT_NAMES:
             (run_dir / f"{name}.svg").write_bytes(api.get(f"/studies/{study['id']}/plots/{name}.svg").content)
-            html = html.replace(f"/studies/{study['id']}/plots/{name}.svg", f"{name}.svg")
+            html = html.replace(f'src="plots/{name}.svg"', f'src="{name}.svg"')
         report.write_text(html)
     console.print(f"report: {report.resolve()}")
     console.print(f"dashboard: .venv/bin/optuna-dashboard {database_url}")

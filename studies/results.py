@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -103,6 +105,53 @@ def curve_points(result: dict[str, Any]) -> list[CurvePoint]:
         CurvePoint(step=int(p["step"]), values=_finite({k: v for k, v in p.items() if k != "step"}))
         for p in result.get("curve", [])
     ]
+
+
+Cell = str | int | float | bool | None
+# the columns every flat row starts with, in this order; metric columns follow, then these
+_LEADING = ("cell", "variant", "p_detach", "lr", "seed", "state", "attempts", "selection", "metric",
+            "metric_from", "diverged", "diverged_at", "steps_to_threshold", "best_val_step")  # fmt: skip
+_TRAILING = ("wall_time_s", "device", "data", "error")
+
+
+def flat_trial_rows(rows: Sequence[TrialRow]) -> list[dict[str, Cell]]:
+    """A study's trial rows as one flat record per grid cell, sorted by cell, for tables and CSV.
+
+    Every record has the same keys: the cell (variant, p_detach, lr, seed), its state and attempts,
+    `metric` (the test value of the model the study's selection names) and how it ended; then each
+    model's test metrics as flat columns, `final_<metric>` and `best_val_<metric>`, and transfer
+    copying as `transfer_T<delay>_<metric>`; then timing, device, data and error. A value a cell
+    does not have is None (an empty CSV field).
+    """
+    flat = []
+    for row in sorted(rows, key=lambda r: r.cell):
+        record: dict[str, Cell] = {name: getattr(row, name) for name in _LEADING}
+        record |= {f"final_{k}": v for k, v in row.final.items()}
+        record |= {f"best_val_{k}": v for k, v in row.best_val.items()}
+        record |= {f"transfer_T{T}_{k}": v for T, metrics in row.transfer.items() for k, v in metrics.items()}
+        flat.append(record | {name: getattr(row, name) for name in _TRAILING})
+    metrics = sorted({key for record in flat for key in record} - {*_LEADING, *_TRAILING}, key=_metric_order)
+    columns = [*_LEADING, *metrics, *_TRAILING]
+    return [{column: record.get(column) for column in columns} for record in flat]
+
+
+def _metric_order(column: str) -> tuple[int, int, str]:
+    """final_* first, then best_val_*, then transfer by delay (numerically), each by metric name."""
+    if column.startswith("transfer_T"):
+        delay, _, metric = column.removeprefix("transfer_T").partition("_")
+        return 2, int(delay) if delay.isdigit() else 0, metric
+    return (0 if column.startswith("final_") else 1), 0, column
+
+
+def to_csv(records: Sequence[Mapping[str, object]]) -> str:
+    """Records (dicts with the same keys, e.g. `flat_trial_rows`) as CSV text with a header line;
+    None is an empty field, floats keep every digit (repr)."""
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    writer = csv.DictWriter(buffer, fieldnames=columns)  # RFC 4180: lines end in CRLF
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
 
 
 def study_summary(spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8) -> RobustnessSummary:

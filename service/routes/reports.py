@@ -1,4 +1,7 @@
-"""The HTML report of a study and its plots (SVG or PNG)."""
+"""The HTML report of a study, its plots (SVG or PNG) and its trials as CSV.
+
+The report links the others relative to its own URL (see `service.report`): they share its prefix.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +13,11 @@ from fastapi.responses import HTMLResponse
 from service.cache import NOT_MODIFIED, CacheDep, Entry, lookup, respond
 from service.deps import AUTH, NOT_FOUND, BackendDep, ReadAccess, StudyId, load, summary_entry
 from studies import queue
-from studies.db.models import Study
-from studies.results import CurvePoint, TrialRow, curve_points, job_result, trial_row
-from studies.spec import StudySpec
+from studies.results import flat_trial_rows, to_csv, trial_row
 
 router = APIRouter(prefix="/studies", tags=["reports"])
 
 MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
-
-
-def _data(
-    backend: BackendDep, study: Study, spec: StudySpec
-) -> tuple[list[TrialRow], dict[int, list[CurvePoint]]]:
-    jobs = queue.list_jobs(backend.factory, study.id)
-    rows = [trial_row(job, spec.success.metric, spec.selection) for job in jobs]
-    return rows, {job.cell_index: curve_points(job_result(job)) for job in jobs}
 
 
 @router.get(
@@ -38,19 +31,11 @@ def report(request: Request, backend: BackendDep, cache: CacheDep, study_id: Stu
     study, spec = load(backend, study_id)
 
     def render() -> Entry:
-        from service.report import render_report
+        from service.report import render_report, study_results
 
-        rows, _ = _data(backend, study, spec)
+        rows, _ = study_results(backend.factory, study.id, spec)
         summary = summary_entry(backend, cache, study, spec)[0].value
-        html = render_report(
-            study.id,
-            study.name,
-            study.status,
-            spec,
-            rows,
-            summary,
-            plot_url=lambda name, fmt: f"/studies/{study_id}/plots/{name}.{fmt}",
-        )
+        html = render_report(study.id, study.name, study.status, spec, rows, summary)
         return Entry.of(html.encode(), "text/html; charset=utf-8")
 
     return respond(request, study, *lookup(cache, study, ("report",), render))
@@ -73,16 +58,42 @@ def plot(
     name: str,
     fmt: Literal["svg", "png"],
 ) -> Response:
-    """metric_vs_lr, success_vs_lr, learning_curves or steps_to_threshold (kept once the study finished)."""
+    """metric_vs_lr, success_vs_lr, learning_curves, steps_to_threshold or paired_difference (kept once
+    the study finished)."""
     from service.plots import PLOT_NAMES, render_plot
+    from service.report import study_results
 
     if name not in PLOT_NAMES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plot {name!r}; plots: {', '.join(PLOT_NAMES)}")
     study, spec = load(backend, study_id)
 
     def render() -> Entry:
-        rows, curves = _data(backend, study, spec)
+        rows, curves = study_results(backend.factory, study.id, spec)
         summary = summary_entry(backend, cache, study, spec)[0].value
         return Entry.of(render_plot(name, fmt, spec, rows, curves, summary), MEDIA[fmt])
 
     return respond(request, study, *lookup(cache, study, ("plot", name, fmt), render))
+
+
+@router.get(
+    "/{study_id}/trials.csv",
+    response_class=Response,
+    dependencies=[ReadAccess],
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per grid cell"}}
+    | NOT_FOUND
+    | AUTH
+    | NOT_MODIFIED,
+)
+def trials_csv(request: Request, backend: BackendDep, cache: CacheDep, study_id: StudyId) -> Response:
+    """The study's trials as CSV, one row per cell: variant, p_detach, lr, seed, state, the metric, and
+    each model's test metrics as columns (a download; kept once the study finished)."""
+    study, spec = load(backend, study_id)
+
+    def render() -> Entry:
+        jobs = queue.list_jobs(backend.factory, study.id)
+        rows = [trial_row(job, spec.success.metric, spec.selection) for job in jobs]
+        return Entry.of(to_csv(flat_trial_rows(rows)).encode(), "text/csv; charset=utf-8")
+
+    response = respond(request, study, *lookup(cache, study, ("trials.csv",), render))
+    response.headers["Content-Disposition"] = f'attachment; filename="study-{study.id}-trials.csv"'
+    return response

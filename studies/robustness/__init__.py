@@ -14,11 +14,14 @@ once: `studies.robustness._outcome`). Failed trials only appear in the counts. P
 no torch.
 """
 
+from studies.robustness._caveats import FEW_PAIRS_PER_LR
 from studies.robustness._curves import expected_max
 from studies.robustness._outcome import TrialOutcome, TrialState, TrialTable, read_trials
 from studies.robustness._schema import (
     Comparison,
+    LRDifference,
     LRStats,
+    PairDifference,
     RobustnessSummary,
     SeedSpread,
     SeedValue,
@@ -29,8 +32,11 @@ from studies.robustness._summary import summarize
 from studies.robustness._wilson import wilson_interval
 
 __all__ = [
+    "FEW_PAIRS_PER_LR",
     "Comparison",
+    "LRDifference",
     "LRStats",
+    "PairDifference",
     "RobustnessSummary",
     "SeedSpread",
     "SeedValue",

@@ -8,6 +8,8 @@ from studies.robustness._schema import Comparison, VariantSummary
 from studies.robustness._wilson import wilson_interval
 
 MAX_SEEDS_SEARCHED = 10_000
+# a t-interval from this many pairs or fewer (1 or 2 degrees of freedom) is too unstable to read
+FEW_PAIRS_PER_LR = 3
 
 
 def seeds_for_confident_robustness(level: float) -> int | None:
@@ -45,6 +47,19 @@ def caveats(
         who = f"{c.variant} vs {c.baseline}"
         if c.n_pairs and c.n_pairs < 10:
             said.append(f"{who}: {_count(c.n_pairs, 'pair')}, so the intervals are wide.")
+        few = [d.lr for d in c.by_lr if 2 <= d.n_value_pairs <= FEW_PAIRS_PER_LR]
+        if few and len(few) == sum(1 for d in c.by_lr if d.n_value_pairs >= 2):
+            said.append(
+                f"{who}: 2 to {FEW_PAIRS_PER_LR} pairs per learning rate: the interval of the difference at "
+                "each learning rate (a t-interval on 1 or 2 degrees of freedom) is unreliable; one seed "
+                "moves it, so read it as a rough range, not as evidence."
+            )
+        elif few:
+            where = ", ".join(f"{lr:.3g}" for lr in few)
+            said.append(
+                f"{who}: 2 to {FEW_PAIRS_PER_LR} pairs at learning rate {where}: the interval of the "
+                "difference there is unreliable."
+            )
         if c.n_value_pairs < 2:
             said.append(
                 f"{who}: fewer than 2 pairs where neither diverged: no interval for the mean difference."

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from studies.robustness._outcome import TrialTable
-from studies.robustness._schema import Comparison
+from studies.robustness._schema import Comparison, LRDifference, PairDifference
 from studies.robustness._wilson import wilson_interval
 
 CONFIDENCE = 0.95
@@ -168,7 +168,51 @@ def compare(table: TrialTable, variant: int, baseline: int) -> Comparison:
         wilcoxon_min_p=None if test is None else test[2],
         wilcoxon_p_holm=None,  # set over all comparisons by `holm`
         success_rate_difference=float(np.mean(v_success.astype(float) - b_success)) if n_pairs else None,
+        by_lr=_by_lr(table.lr[v_rows], table.seed[v_rows], diff, v_div, b_div),
     )
+
+
+Side = Literal["variant", "baseline", "both"]
+
+
+def _diverged_side(variant: bool, baseline: bool) -> Side | None:
+    if variant and baseline:
+        return "both"
+    return "variant" if variant else "baseline" if baseline else None
+
+
+def _by_lr(
+    lr: np.ndarray, seed: np.ndarray, diff: np.ndarray, v_div: np.ndarray, b_div: np.ndarray
+) -> list[LRDifference]:
+    """The pairs (in (lr, seed) order, as `compare` builds them) grouped by learning rate, each
+    group with the mean difference of its value pairs and its t-interval."""
+    sides = [_diverged_side(bool(v), bool(b)) for v, b in zip(v_div, b_div, strict=True)]
+    groups = []
+    for value in np.unique(lr):
+        at = np.flatnonzero(lr == value)
+        values = diff[at][~np.isnan(diff[at])]
+        low, high = t_interval(values)
+        pairs = [
+            PairDifference(
+                seed=int(seed[i]), difference=None if np.isnan(diff[i]) else float(diff[i]), diverged=sides[i]
+            )
+            for i in at
+        ]
+        groups.append(
+            LRDifference(
+                lr=float(value),
+                n_pairs=len(pairs),
+                n_value_pairs=int(values.size),
+                only_variant_diverged=sum(p.diverged == "variant" for p in pairs),
+                only_baseline_diverged=sum(p.diverged == "baseline" for p in pairs),
+                both_diverged=sum(p.diverged == "both" for p in pairs),
+                mean_difference=float(values.mean()) if values.size else None,
+                mean_difference_ci_low=low,
+                mean_difference_ci_high=high,
+                pairs=pairs,
+            )
+        )
+    return groups
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

@@ -130,6 +130,39 @@ class VariantSummary(_Schema):
     )
 
 
+class PairDifference(_Schema):
+    """One (lr, seed) pair of a comparison."""
+
+    seed: int = Field(description="training seed")
+    difference: float | None = Field(
+        description="variant - baseline when higher is better, baseline - variant otherwise (positive = "
+        "variant better); None when a side diverged"
+    )
+    diverged: Literal["variant", "baseline", "both"] | None = Field(
+        None, description="which side diverged, if any (the other side wins; both: a tie)"
+    )
+
+
+class LRDifference(_Schema):
+    """The paired comparison at one learning rate: what the paired-difference plot shows."""
+
+    lr: float = Field(description="learning rate")
+    n_pairs: int = Field(description="pairs both ran at this lr, divergences included")
+    n_value_pairs: int = Field(description="pairs where neither diverged: the pairs of mean_difference")
+    only_variant_diverged: int = Field(description="pairs where only the variant diverged (a loss)")
+    only_baseline_diverged: int = Field(description="pairs where only the baseline diverged (a win)")
+    both_diverged: int = Field(description="pairs where both diverged (a tie)")
+    mean_difference: float | None = Field(
+        description="mean paired difference over the value pairs (positive = variant better); None without"
+    )
+    mean_difference_ci_low: float | None = Field(
+        description="95% t-interval over this lr's value pairs, lower end; None with fewer than 2 (with 2 or "
+        "3 it rests on 1 or 2 degrees of freedom and is unreliable: the caveats say so)"
+    )
+    mean_difference_ci_high: float | None = Field(description="the same interval, upper end")
+    pairs: list[PairDifference] = Field(description="each pair, by seed")
+
+
 class Comparison(_Schema):
     """A variant against the baseline, paired on (lr, seed); positive differences favour the variant.
 
@@ -187,6 +220,9 @@ class Comparison(_Schema):
     success_rate_difference: float | None = Field(
         description="success rate over the pairs both ran, variant - baseline (a diverged run is a failure); "
         "paired, so learning rates only one variant ran do not enter"
+    )
+    by_lr: list[LRDifference] = Field(
+        default_factory=list, description="the pairs per learning rate, sorted by lr, with their intervals"
     )
 
 

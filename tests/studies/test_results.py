@@ -206,3 +206,35 @@ def test_the_report_puts_the_papers_figure_beside_the_studys_own_with_both_budge
     assert paper_figures(StudySpec.model_validate(preset_spec("copying-T100-small")).task) == []
     adding = StudySpec.model_validate(preset_spec("adding-T50-small"))
     assert paper_figures(adding.task) == []
+
+
+def test_flat_rows_have_one_record_per_cell_with_every_metric_as_a_column_and_read_back_as_csv():
+    import csv
+    import io
+
+    from studies.results import flat_trial_rows, to_csv
+
+    spec = StudySpec.model_validate(TRANSFER_SPEC)
+    jobs = _transfer_jobs()
+    rows = [trial_row(job, "accuracy", "best_val") for job in reversed(jobs)]
+    rows[0] = rows[0].model_copy(update={"error": 'line one, "quoted"\nline two'})
+    flat = flat_trial_rows(rows)
+    assert [r["cell"] for r in flat] == sorted(c.index for c in spec.cells())  # sorted by cell
+    assert all(list(r) == list(flat[0]) for r in flat)  # the same columns everywhere
+    columns = list(flat[0])
+    assert columns[:6] == ["cell", "variant", "p_detach", "lr", "seed", "state"]
+    metric_columns = ["final_accuracy", "best_val_accuracy", "transfer_T20_accuracy", "transfer_T40_accuracy"]
+    assert [c for c in columns if c.endswith("_accuracy")] == metric_columns
+    by_cell = {r["cell"]: r for r in flat}
+    diverged = next(r for r in flat if r["diverged"])  # vanilla seed 2: no final metrics
+    assert diverged["final_accuracy"] is None and diverged["best_val_accuracy"] == 0.6
+    first = by_cell[0]
+    assert (first["variant"], first["p_detach"], first["seed"], first["metric"]) == ("vanilla", 0.0, 1, 0.6)
+    assert first["transfer_T40_accuracy"] == 0.3  # the best-validation model's, as selected
+
+    parsed = list(csv.DictReader(io.StringIO(to_csv(flat))))
+    assert len(parsed) == len(rows) and list(parsed[0]) == columns
+    last = parsed[-1]
+    assert last["error"] == 'line one, "quoted"\nline two'  # quoted, kept whole
+    assert float(parsed[0]["lr"]) == 1e-3 and parsed[0]["diverged_at"] == ""  # None: an empty field
+    assert float(parsed[1]["transfer_T20_accuracy"]) == by_cell[1]["transfer_T20_accuracy"]

@@ -16,7 +16,9 @@ from scipy import stats
 
 from studies.robustness import (
     Comparison,
+    LRDifference,
     LRStats,
+    PairDifference,
     RobustnessSummary,
     SeedSpread,
     SeedValue,
@@ -349,6 +351,48 @@ def test_learning_rates_are_pooled_so_opposite_effects_give_a_wide_interval():
     assert (c.prob_improvement_ci_low, c.prob_improvement_ci_high) == pytest.approx(wilson(4, 8), abs=1e-12)
 
 
+def test_the_comparison_per_learning_rate_has_each_pair_and_a_t_interval_of_its_own():
+    (c,) = paired_study().comparisons
+    assert [d.lr for d in c.by_lr] == [1e-3, 1e-2]
+    for d, diffs in zip(c.by_lr, (DIFFS[:3], DIFFS[3:]), strict=True):
+        assert (d.n_pairs, d.n_value_pairs) == (3, 3)
+        assert [p.seed for p in d.pairs] == [0, 1, 2]
+        assert [p.difference for p in d.pairs] == pytest.approx(list(diffs), abs=1e-12)
+        half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+        assert d.mean_difference == pytest.approx(diffs.mean(), abs=1e-12)
+        assert (d.mean_difference_ci_low, d.mean_difference_ci_high) == pytest.approx(
+            (diffs.mean() - half, diffs.mean() + half), abs=1e-12
+        )
+    # 3 pairs at every lr: the per-lr intervals are unreliable, and the summary says so
+    caveats = paired_study().caveats
+    assert any("2 to 3 pairs per learning rate" in line and "unreliable" in line for line in caveats)
+
+
+def test_per_learning_rate_pairs_say_which_side_diverged_and_few_pairs_at_some_lrs_are_named():
+    base = grid("vanilla", {1e-3: [0.5, 0.5, 0.5], 1e-2: [0.5] * 5})
+    variant = grid("h-detach", {1e-3: [0.6, 0.7, 0.8], 1e-2: [0.6, 0.7, 0.6, 0.7, 0.6]})
+    base[0] = trial(lr=1e-3, seed=0, metric=None, diverged=True)
+    variant[1] = trial("h-detach", lr=1e-3, seed=1, metric=None, diverged=True)
+    variant[0] = trial("h-detach", lr=1e-3, seed=0, metric=None, diverged=True)
+    summary = acc(base + variant, threshold=0.55)
+    (c,) = summary.comparisons
+    at_small, at_large = c.by_lr
+    assert [(p.seed, p.diverged) for p in at_small.pairs] == [(0, "both"), (1, "variant"), (2, None)]
+    assert at_small.pairs[0].difference is None and at_small.pairs[2].difference == pytest.approx(0.3)
+    counts = (at_small.both_diverged, at_small.only_variant_diverged, at_small.only_baseline_diverged)
+    assert counts == (1, 1, 0)
+    assert at_small.n_value_pairs == 1 and at_small.mean_difference_ci_low is None  # one value: no interval
+    assert at_large.n_value_pairs == 5 and at_large.mean_difference_ci_low is not None
+    assert sum(d.n_pairs for d in c.by_lr) == c.n_pairs
+    assert not any("unreliable" in line for line in summary.caveats)  # 1 pair (no interval) and 5
+    variant[1] = trial("h-detach", lr=1e-3, seed=1, metric=0.65)
+    few = acc(base + variant, threshold=0.55)
+    assert [line for line in few.caveats if "unreliable" in line] == [
+        "h-detach vs vanilla: 2 to 3 pairs at learning rate 0.001: the interval of the difference there is "
+        "unreliable."
+    ]
+
+
 def test_comparison_without_pairs_enough_for_an_interval():
     one_pair = acc(grid("vanilla", {1e-3: [0.8]}) + grid("h-detach", {1e-3: [0.9]}))
     (c,) = one_pair.comparisons
@@ -582,7 +626,17 @@ def test_schema_refuses_nan():
 
 
 @pytest.mark.parametrize(
-    "model", [RobustnessSummary, VariantSummary, LRStats, Comparison, SeedValue, SeedSpread]
+    "model",
+    [
+        RobustnessSummary,
+        VariantSummary,
+        LRStats,
+        Comparison,
+        LRDifference,
+        PairDifference,
+        SeedValue,
+        SeedSpread,
+    ],
 )
 def test_every_schema_field_is_described(model: type[BaseModel]):
     undocumented = [name for name, field in model.model_fields.items() if not field.description]
