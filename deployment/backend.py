@@ -67,11 +67,19 @@ class Backend(Database):
         """Validate the spec once with this deployment's limits, queue its jobs (one transaction),
         then register its Optuna study. Takes the spec as data, not a `StudySpec`, so that no spec
         validated without these limits can reach the queue (ValidationError if it is invalid)."""
+        return self.submit_once(data, None).study_id
+
+    def submit_once(self, data: SpecData, idempotency_key: str | None) -> queue.Submission:
+        """`submit`, at most once per idempotency key (see `queue.submit_study_once`): a key that
+        already submitted this spec returns that study, replayed; another spec raises KeyReused."""
         spec = self.parse_spec(data)
-        study_id = queue.submit_study(self.factory, spec, max_attempts=self.settings.max_attempts)
-        study = queue.get_study(self.factory, study_id)
-        create_optuna_study(self.storage, study.optuna_study_name, spec, study_id)
-        return study_id
+        submission = queue.submit_study_once(
+            self.factory, spec, idempotency_key, max_attempts=self.settings.max_attempts
+        )
+        study = queue.get_study(self.factory, submission.study_id)
+        # on a replay too: the first request may have stopped between our tables and Optuna's
+        create_optuna_study(self.storage, study.optuna_study_name, spec, submission.study_id)
+        return submission
 
     def delete_study(self, study_id: int) -> None:
         """Delete a study, its jobs and its Optuna study (the queue refuses while jobs run)."""

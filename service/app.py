@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from typing import Any
 
-from fastapi import FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from deployment.backend import Backend
 from deployment.settings import Settings
 from service.gate import Gate
 from service.metrics import make_registry
+from service.problems import declare_problems, install_problem_handlers
 from service.routes import ops, presets, reports, studies
-from studies.exceptions import Conflict, NotFound
 from studies.spec import StudySpec
 
 DESCRIPTION = """Submit robustness studies of LSTM training (variants x learning rates x seeds),
 follow them, and read how robust each variant is: per-learning-rate statistics, success rates
 with Wilson intervals, robust learning-rate ranges, and paired comparisons with a baseline.
 Writes need a bearer token (HDETACH_API_TOKENS)."""
-
-
-def plain_json(value: Any) -> Any:
-    """`value` made safe to serialise as strict JSON: a 422 echoes the input it refused, and that may
-    hold NaN, infinities, lone surrogates or exception objects (which would turn the 422 into a 500)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, dict):
-        return {str(plain_json(key)): plain_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain_json(item) for item in value]
-    return plain_json(str(value))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,7 +37,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             backend.close()
 
-    app = FastAPI(title="hdetach-studies", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: /docs with Swagger UI's files served by the app itself (no CDN: clusters are
+    # often air-gapped); ReDoc is left out, it would be a second copy of the same page
+    app = FastAPIOffline(
+        title="hdetach-studies",
+        version=version("hdetach-studies"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+        static_url="/docs-assets",
+    )
     app.include_router(studies.router)
     app.include_router(reports.router)
     app.include_router(presets.router)
@@ -71,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(spec_schema.pop("$defs", {}))
             components["StudySpec"] = spec_schema
+            declare_problems(schema)
             if not settings.read_requires_token:
                 for item in schema.get("paths", {}).values():
                     for operation in (item.get(method) for method in ("get", "head")):
@@ -82,17 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        detail = [{k: v for k, v in e.items() if k != "url"} for e in error.errors()]
-        return JSONResponse({"detail": plain_json(detail)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, error: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, error: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_409_CONFLICT)
-
+    install_problem_handlers(app)
     return app

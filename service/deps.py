@@ -7,7 +7,7 @@ import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, Header, HTTPException, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
@@ -18,7 +18,7 @@ from service.cache import Entry, ResponseCache, lookup
 from service.schemas import Links, Problem, StudyCreated
 from studies import queue
 from studies.db.models import Study
-from studies.exceptions import Conflict
+from studies.exceptions import Conflict, KeyReused
 from studies.results import study_summary, trial_row
 from studies.spec import StudySpec
 
@@ -94,6 +94,19 @@ ReadAccess = Depends(require_read)
 # -- shared by the routes -----------------------------------------------------------------------
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such study"}}
+CREATED: Responses = {
+    201: {
+        "description": "the study was queued (or, for a replayed Idempotency-Key, had been)",
+        "headers": {
+            "Location": {"description": "the study's URL", "schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "description": "`true` when an earlier request with this Idempotency-Key created it",
+                "schema": {"type": "string"},
+            },
+        },
+    },
+    422: {"description": "the spec is invalid, or the Idempotency-Key was used with another spec"},
+}
 AUTH: Responses = {
     401: {"model": Problem, "description": "no bearer token"},
     403: {"model": Problem, "description": "bad token"},
@@ -141,14 +154,46 @@ def spec_request_body(examples: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
-def submit_spec(backend: BackendDep, data: Any) -> StudyCreated:
-    """Submit spec data (validated once, by the backend, with the deployment's limits) and describe
-    the new study; a rejected spec is a 422 naming each field."""
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_KEY,
+            description="any 1-255 visible ASCII characters, bare or as a quoted string (e.g. a UUID): "
+            "a POST retried with the same key and spec returns the study the first one created "
+            "(with `Idempotent-Replayed: true`) instead of a second study; with another spec, a 422",
+            pattern=r'^(?:[!#-~]{1,255}|"[!#-~]{1,255}")$',
+        ),
+    ] = None,
+) -> str | None:
+    # the IETF draft writes the key as a structured-field string ("..."); bare keys are common too
+    return None if key is None else key.strip('"')
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+
+
+def submit_spec(
+    request: Request, response: Response, backend: Backend, data: Any, key: str | None
+) -> StudyCreated:
+    """Submit spec data (validated once, by the backend, with the deployment's limits) at most once
+    per idempotency key, and describe the study, its URL in `Location`; a rejected spec is a 422
+    naming each field, a key reused with another spec a 422 naming the header."""
     try:
-        study_id = backend.submit(data)
+        submission = backend.submit_once(data, key)
     except ValidationError as error:
         errors = error.errors(include_url=False, include_context=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from error
+    except KeyReused as error:
+        reused = {"type": "idempotency_key_reused", "loc": ("header", IDEMPOTENCY_KEY), "input": key}
+        raise RequestValidationError([{**reused, "msg": str(error)}]) from None
+    study_id = submission.study_id
+    response.headers["Location"] = str(request.url_for("get_study", study_id=study_id))
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     study = queue.get_study(backend.factory, study_id)
     return StudyCreated(
         id=study_id,
@@ -157,6 +202,17 @@ def submit_spec(backend: BackendDep, data: Any) -> StudyCreated:
         cells=sum(queue.job_counts(backend.factory, study_id).values()),
         links=links(study_id),
     )
+
+
+def next_page(request: Request, response: Response, offset: int, limit: int, total: int) -> str | None:
+    """The next page's reference, relative to this page's URL (only its query changes, so it holds
+    behind a proxy's path prefix), also sent as a `Link` header; None on the last page."""
+    if offset + limit >= total:
+        return None
+    query = request.url.include_query_params(offset=offset + limit, limit=limit).query
+    reference = f"?{query}"
+    response.headers["Link"] = f'<{reference}>; rel="next"'
+    return reference
 
 
 def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:

@@ -15,11 +15,11 @@ uvicorn caps a request body. Hence this pure-ASGI middleware of our own:
 from __future__ import annotations
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployment.settings import Settings
 from service.deps import auth_failure
+from service.problems import problem_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: they tell only that the process and database are up
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -45,13 +45,13 @@ class Gate:
             if failure is not None:
                 code, reason = failure
                 extra = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-                await JSONResponse({"detail": reason}, code, headers=extra)(scope, receive, send)
+                await problem_response(code, reason, scope["path"], headers=extra)(scope, receive, send)
                 return
         limit = self.settings.max_body_bytes
-        too_large = JSONResponse({"detail": f"request body exceeds {limit} bytes"}, 413)
+        too_large = problem_response(413, f"request body exceeds {limit} bytes", scope["path"])
         length = headers.get("content-length")
         if length is not None and not (length.isascii() and length.isdigit()):
-            await JSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
+            await problem_response(400, "Content-Length is not a number", scope["path"])(scope, receive, send)
             return
         if length is not None and int(length) > limit:
             await too_large(scope, receive, send)

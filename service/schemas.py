@@ -6,10 +6,12 @@ __all__ = [
     "Curve",
     "CurvePoint",
     "Links",
+    "Page",
     "Problem",
     "StudyCreated",
     "StudyOut",
     "StudyPage",
+    "TrialPage",
     "TrialRow",
     "WorkerOut",
 ]
@@ -19,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.problems import Problem
 from studies.results import CurvePoint, TrialRow
 
 
@@ -54,10 +57,24 @@ class StudyOut(BaseModel):
     links: Links
 
 
-class StudyPage(BaseModel):
-    items: list[StudyOut]
+class Page(BaseModel):
+    """One page of a list: `items` (in the subclass), and where it stands in the whole list."""
+
+    total: int = Field(description="how many items the whole list holds (with the same filter)")
     offset: int
     limit: int
+    next: str | None = Field(
+        description="the next page as a reference relative to this page's URL (a query, e.g. "
+        "`?offset=50&limit=50`; also in the `Link` header as rel=next); null on the last page"
+    )
+
+
+class StudyPage(Page):
+    items: list[StudyOut]
+
+
+class TrialPage(Page):
+    items: list[TrialRow] = Field(description="one row per grid cell, in cell order")
 
 
 class Curve(BaseModel):
@@ -81,9 +98,3 @@ class WorkerOut(BaseModel):
     started_at: datetime
     last_heartbeat: datetime
     current_jobs: list[int] = Field(description="ids of the jobs it holds")
-
-
-class Problem(BaseModel):
-    """An error response."""
-
-    detail: str

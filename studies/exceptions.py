@@ -2,6 +2,7 @@
 
     StudiesError
     ├── SpecError    a study spec failed validation (nothing was written)
+    │   └── KeyReused    an idempotency key came back with another spec than the one it submitted
     ├── NotFound     no study / job / worker with that id
     └── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
 
@@ -34,3 +35,7 @@ class NotFound(StudiesError, LookupError):
 
 class Conflict(StudiesError):
     """The operation is not allowed in the object's current state."""
+
+
+class KeyReused(SpecError):
+    """An idempotency key that submitted one spec was sent again with another."""

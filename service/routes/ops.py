@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
-from service.deps import AUTH, BackendDep, ReadAccess
-from service.schemas import Problem, WorkerOut
+from service.deps import AUTH, BackendDep, ReadAccess, Responses
+from service.schemas import WorkerOut
 from studies import queue
 from studies.db.engine import database_answers
 
@@ -40,7 +41,17 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": Problem, "description": "the database is unreachable"}})
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`, or `database unreachable` (with 503)")
+
+
+# a probe's answer, not an error of the request: declared as itself, not as a problem
+UNREADY: Responses = {
+    503: {"model": Readiness, "description": "the database is unreachable", "x-not-a-problem": True}
+}
+
+
+@router.get("/readyz", response_model=Readiness, responses=UNREADY)
 def readyz(backend: BackendDep, response: Response) -> dict[str, str]:
     """The database answers."""
     if not database_answers(backend.engine):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, status
+from fastapi import APIRouter, Body, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
-from service.deps import AUTH, BackendDep, ReadAccess, WriteAccess, submit_spec
+from service.deps import AUTH, CREATED, BackendDep, IdempotencyKey, ReadAccess, WriteAccess, submit_spec
 from service.schemas import Problem, StudyCreated
 from studies.paper import PaperFigure, paper_figures
 from studies.presets import PRESETS, preset_spec
@@ -49,14 +49,13 @@ def get_preset(name: str) -> PresetDetail:
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
     dependencies=[WriteAccess],
-    responses={
-        **AUTH,
-        404: {"model": Problem, "description": "no such preset"},
-        422: {"description": "the preset with these overrides is invalid; `detail` names the field"},
-    },
+    responses={**AUTH, **CREATED, 404: {"model": Problem, "description": "no such preset"}},
 )
 def submit_preset(
+    request: Request,
+    response: Response,
     backend: BackendDep,
+    key: IdempotencyKey,
     name: str,
     overrides: Annotated[dict[str, Any] | None, Body(examples=[{"seeds": [1, 2, 3], "priority": 5}])] = None,
 ) -> StudyCreated:
@@ -65,4 +64,4 @@ def submit_preset(
         data = preset_spec(name, overrides)
     except KeyError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error.args[0])) from error
-    return submit_spec(backend, data)
+    return submit_spec(request, response, backend, data, key)

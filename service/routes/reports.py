@@ -5,9 +5,9 @@ The report links the others relative to its own URL (see `service.report`): they
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from service.cache import NOT_MODIFIED, CacheDep, Entry, lookup, respond
@@ -26,19 +26,31 @@ MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
     dependencies=[ReadAccess],
     responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED},
 )
-def report(request: Request, backend: BackendDep, cache: CacheDep, study_id: StudyId) -> Response:
+def report(
+    request: Request,
+    backend: BackendDep,
+    cache: CacheDep,
+    study_id: StudyId,
+    standalone: Annotated[
+        bool,
+        Query(description="one self-contained file: plots, CSV and JSON inlined (to save, mail or archive)"),
+    ] = False,
+) -> Response:
     """Summary tables and plots of the study, as one HTML page (kept once the study is finished)."""
     study, spec = load(backend, study_id)
 
     def render() -> Entry:
-        from service.report import render_report, study_results
+        from service.report import render_report, standalone_report, study_results
 
-        rows, _ = study_results(backend.factory, study.id, spec)
-        summary = summary_entry(backend, cache, study, spec)[0].value
-        html = render_report(study.id, study.name, study.status, spec, rows, summary)
+        if standalone:
+            html = standalone_report(backend, study.id)
+        else:
+            rows, _ = study_results(backend.factory, study.id, spec)
+            summary = summary_entry(backend, cache, study, spec)[0].value
+            html = render_report(study.id, study.name, study.status, spec, rows, summary)
         return Entry.of(html.encode(), "text/html; charset=utf-8")
 
-    return respond(request, study, *lookup(cache, study, ("report",), render))
+    return respond(request, study, *lookup(cache, study, ("report", standalone), render))
 
 
 @router.get(

@@ -10,24 +10,27 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from service.cache import NOT_MODIFIED, CacheDep, respond
 from service.deps import (
     AUTH,
+    CREATED,
     MAX_ID,
     NOT_FOUND,
     BackendDep,
     CellIndex,
+    IdempotencyKey,
     JsonBody,
     ReadAccess,
     StudyId,
     WriteAccess,
     links,
     load,
+    next_page,
     spec_request_body,
     submit_spec,
     summary_entry,
 )
-from service.schemas import Curve, Problem, StudyCreated, StudyOut, StudyPage
+from service.schemas import Curve, Problem, StudyCreated, StudyOut, StudyPage, TrialPage
 from studies import queue
 from studies.db.models import Study, StudyStatus
-from studies.results import CurvePoint, TrialRow, curve_points, job_result, trial_row
+from studies.results import CurvePoint, curve_points, job_result, trial_row
 from studies.robustness import RobustnessSummary
 from studies.tracking import intermediate_values
 
@@ -72,16 +75,20 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
     dependencies=[WriteAccess],
-    responses={**AUTH, 422: {"description": "the spec is invalid; `detail` names the field"}},
+    responses={**AUTH, **CREATED},
     openapi_extra=spec_request_body({"small": {"value": EXAMPLE_SPEC}}),
 )
-def create_study(backend: BackendDep, body: JsonBody) -> StudyCreated:
+def create_study(
+    request: Request, response: Response, backend: BackendDep, body: JsonBody, key: IdempotencyKey
+) -> StudyCreated:
     """Queue a study: one job per (variant, learning rate, seed). Nothing is written unless all is."""
-    return submit_spec(backend, body)
+    return submit_spec(request, response, backend, body, key)
 
 
 @router.get("", response_model=StudyPage, dependencies=[ReadAccess], responses=AUTH)
 def list_studies(
+    request: Request,
+    response: Response,
     backend: BackendDep,
     status_filter: Annotated[StudyStatus | None, Query(alias="status")] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
@@ -89,7 +96,14 @@ def list_studies(
 ) -> StudyPage:
     """Newest first."""
     studies = queue.list_studies(backend.factory, status_filter, offset, limit)
-    return StudyPage(items=[study_out(backend, s) for s in studies], offset=offset, limit=limit)
+    total = queue.count_studies(backend.factory, status_filter)
+    return StudyPage(
+        items=[study_out(backend, s) for s in studies],
+        total=total,
+        offset=offset,
+        limit=limit,
+        next=next_page(request, response, offset, limit, total),
+    )
 
 
 @router.get(
@@ -121,17 +135,29 @@ def delete_study(backend: BackendDep, study_id: StudyId) -> Response:
 
 @router.get(
     "/{study_id}/trials",
-    response_model=list[TrialRow],
+    response_model=TrialPage,
     dependencies=[ReadAccess],
     responses={**NOT_FOUND, **AUTH},
 )
-def list_trials(backend: BackendDep, study_id: StudyId) -> list[TrialRow]:
-    """One row per grid cell, in cell order."""
+def list_trials(
+    request: Request,
+    response: Response,
+    backend: BackendDep,
+    study_id: StudyId,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> TrialPage:
+    """One row per grid cell, in cell order, a page at a time (`trials.csv` has them all at once)."""
     _, spec = load(backend, study_id)
-    return [
-        trial_row(job, spec.success.metric, spec.selection)
-        for job in queue.list_jobs(backend.factory, study_id)
-    ]
+    jobs = queue.list_jobs(backend.factory, study_id, offset, limit)
+    total = sum(queue.job_counts(backend.factory, study_id).values())
+    return TrialPage(
+        items=[trial_row(job, spec.success.metric, spec.selection) for job in jobs],
+        total=total,
+        offset=offset,
+        limit=limit,
+        next=next_page(request, response, offset, limit, total),
+    )
 
 
 @router.get(

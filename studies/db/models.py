@@ -114,6 +114,8 @@ class Study(Base):
     __table_args__ = (
         _one_of("status", StudyStatus),
         _one_of("engine", ExecutorKind),
+        # many NULLs (no key given) are allowed by a unique index on both databases
+        Index("ix_hd_studies_idempotency_key", "idempotency_key", unique=True),
         {"sqlite_autoincrement": True},
     )
 
@@ -127,6 +129,8 @@ class Study(Base):
         String(16), default=ExecutorKind.QUEUE, server_default=ExecutorKind.QUEUE.value
     )
     optuna_study_name: Mapped[str] = mapped_column(String(255), unique=True)
+    # the client's Idempotency-Key of the request that submitted it: a retry finds this study
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None]

@@ -19,6 +19,7 @@ from studies.queue.held_jobs import (
 from studies.queue.reads import (
     JobOutcome,
     QueueSnapshot,
+    count_studies,
     get_job,
     get_study,
     job_counts,
@@ -32,11 +33,13 @@ from studies.queue.reads import (
 from studies.queue.reaper import reap
 from studies.queue.retry import RetryDecision, RetryPolicy
 from studies.queue.submission import (
+    Submission,
     cancel_study,
     default_optuna_study_name,
     delete_study,
     pack_key,
     submit_study,
+    submit_study_once,
     validate_spec,
 )
 from studies.queue.workers import list_workers, register_worker, set_worker_status, worker_stopped
@@ -50,10 +53,12 @@ __all__ = [
     "ReapedJob",
     "RetryDecision",
     "RetryPolicy",
+    "Submission",
     "cancel_job",
     "cancel_study",
     "claim",
     "complete_many",
+    "count_studies",
     "default_optuna_study_name",
     "delete_study",
     "fail",
@@ -75,6 +80,7 @@ __all__ = [
     "set_optuna_trials",
     "set_worker_status",
     "submit_study",
+    "submit_study_once",
     "unfinished_jobs",
     "validate_spec",
     "worker_stopped",

@@ -35,10 +35,16 @@ def job_counts(factory: sessionmaker[Session], study_id: int) -> dict[str, int]:
         return state_counts(session, study_id)
 
 
-def list_jobs(factory: sessionmaker[Session], study_id: int) -> Sequence[Job]:
+def list_jobs(
+    factory: sessionmaker[Session], study_id: int, offset: int = 0, limit: int | None = None
+) -> Sequence[Job]:
+    """The study's jobs in cell order; `offset` and `limit` take a page of them."""
+    statement = select(Job).where(Job.study_id == study_id).order_by(Job.cell_index).offset(offset)
+    if limit is not None:
+        statement = statement.limit(limit)
     with session_scope(factory, readonly=True) as session:
         _require_study(session, study_id)
-        return session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.cell_index)).all()
+        return session.scalars(statement).all()
 
 
 def get_job(factory: sessionmaker[Session], job_id: int) -> Job:
@@ -58,6 +64,15 @@ def list_studies(
         statement = statement.where(Study.status == StudyStatus(status))
     with session_scope(factory, readonly=True) as session:
         return session.scalars(statement).all()
+
+
+def count_studies(factory: sessionmaker[Session], status: StudyStatus | str | None = None) -> int:
+    """How many studies `list_studies` pages through."""
+    statement = select(func.count()).select_from(Study)
+    if status is not None:
+        statement = statement.where(Study.status == StudyStatus(status))
+    with session_scope(factory, readonly=True) as session:
+        return session.scalar(statement) or 0
 
 
 def unfinished_jobs(factory: sessionmaker[Session], engine: ExecutorKind | None = None) -> int:

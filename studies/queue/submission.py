@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import uuid4
 
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from studies.db.engine import run_transaction
 from studies.db.models import FINISHED_STUDY, Job, JobState, Study, StudyStatus
-from studies.exceptions import Conflict, NotFound, SpecError
+from studies.exceptions import Conflict, KeyReused, NotFound, SpecError
 from studies.queue._common import lock_study, resolve_now, settle_study, state_counts
 from studies.queue._types import CancelResult
 from studies.spec import DEFAULT_LIMITS, SpecLimits, StudySpec
@@ -39,6 +39,11 @@ def pack_key(spec: StudySpec) -> str:
     return hashlib.sha256(spec.training_config().model_dump_json().encode()).hexdigest()
 
 
+class Submission(NamedTuple):
+    study_id: int
+    replayed: bool  # True: the idempotency key had already submitted this study, nothing was written
+
+
 def submit_study(
     factory: sessionmaker[Session],
     spec: StudySpec | Mapping[str, Any],
@@ -52,6 +57,21 @@ def submit_study(
     with the deployment's limits); spec data is validated here first, with `limits` or the
     defaults. Either way a bad spec raises before anything is written.
     """
+    return submit_study_once(factory, spec, None, max_attempts, optuna_study_name_fn, limits).study_id
+
+
+def submit_study_once(
+    factory: sessionmaker[Session],
+    spec: StudySpec | Mapping[str, Any],
+    idempotency_key: str | None,
+    max_attempts: int = 3,
+    optuna_study_name_fn: OptunaNameFn | None = None,
+    limits: SpecLimits | None = None,
+) -> Submission:
+    """`submit_study`, at most once per idempotency key: a key that already submitted this spec
+    returns that study (replayed) and writes nothing; with another spec it raises KeyReused.
+    Two concurrent submissions with one key both return the one study: the key's unique index
+    refuses the second insert, which then finds the first."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     valid = spec if isinstance(spec, StudySpec) else validate_spec(spec, limits)
@@ -59,7 +79,22 @@ def submit_study(
     name_fn = optuna_study_name_fn or default_optuna_study_name
     now = resolve_now(None)
 
-    def work(session: Session) -> int:
+    def earlier(session: Session) -> Submission | None:
+        if idempotency_key is None:
+            return None
+        study = session.scalar(select(Study).where(Study.idempotency_key == idempotency_key))
+        if study is None:
+            return None
+        if study.spec_json != spec_json:
+            raise KeyReused(
+                f"Idempotency-Key {idempotency_key!r} already submitted study {study.id} with another spec;"
+                " use a new key for a new study"
+            )
+        return Submission(study.id, replayed=True)
+
+    def work(session: Session) -> Submission:
+        if (found := earlier(session)) is not None:
+            return found
         study = Study(
             name=valid.name,
             spec_json=spec_json,
@@ -68,6 +103,7 @@ def submit_study(
             cancel_requested=False,
             engine=valid.engine,
             optuna_study_name=f"pending-{uuid4().hex}",  # its real name needs the id
+            idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
         )
@@ -93,11 +129,15 @@ def submit_study(
         ]
         session.execute(insert(Job), rows)
         session.flush()
-        return study.id
+        return Submission(study.id, replayed=False)
 
     try:
         return run_transaction(factory, work)
     except IntegrityError as exc:
+        if idempotency_key is not None:  # lost the race to a submission with the same key
+            found = run_transaction(factory, earlier)
+            if found is not None:
+                return found
         raise Conflict(f"study {valid.name!r} clashes with an existing one: {exc.orig}") from exc
 
 

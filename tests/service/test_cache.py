@@ -89,7 +89,7 @@ def test_a_finished_studys_responses_are_kept_with_etag_and_cache_control(server
     # other parameters: computed
     other = api.get(f"/studies/{study_id}/summary", params={"robust_level": 0.9})
     assert other.headers["x-cache"] == "miss" and other.json()["variants"][0]["best_mean"] == 0.9
-    assert api.get(f"/studies/{study_id}/trials").json()[0]["metric"] == 0.9  # trials are not cached
+    assert api.get(f"/studies/{study_id}/trials").json()["items"][0]["metric"] == 0.9  # trials are not cached
 
 
 def test_if_none_match_gives_304_without_a_body(server, factory):

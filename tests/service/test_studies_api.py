@@ -51,7 +51,9 @@ def test_submit_run_and_read_a_study_end_to_end(server):
     assert [s["id"] for s in api.get("/studies", params={"status": "done"}).json()["items"]] == [study_id]
     assert api.get("/studies", params={"status": "queued"}).json()["items"] == []
 
-    trials = api.get(f"/studies/{study_id}/trials").json()
+    page = api.get(f"/studies/{study_id}/trials").json()
+    assert page["total"] == 8 and page["next"] is None
+    trials = page["items"]
     assert len(trials) == 8 and {t["state"] for t in trials} == {"done"}
     assert {(t["variant"], t["lr"], t["seed"]) for t in trials} == {
         (v, lr, s) for v in ("vanilla", "h-detach") for lr in (0.003, 0.03) for s in (1, 2)
@@ -106,7 +108,7 @@ def test_bad_spec_is_a_422_naming_the_field_and_writes_nothing(server, change, f
     api = server.client()
     response = api.post("/studies", json={**SPEC, **change})
     assert response.status_code == 422
-    locations = [".".join(map(str, e["loc"])) for e in response.json()["detail"]]
+    locations = [".".join(map(str, e["loc"])) for e in response.json()["errors"]]
     assert any(field in loc for loc in locations), locations
     assert api.get("/studies").json()["items"] == []
 
@@ -223,13 +225,13 @@ def test_presets_list_and_submit_by_name_with_overrides(server):
     assert created.json()["cells"] == 6 and created.json()["name"] == "from-preset"
     assert api.post("/presets/nope/studies", json={}).status_code == 404
     bad = api.post("/presets/copying-T100-small/studies", json={"seeds": [-1]})
-    assert bad.status_code == 422 and "seeds" in str(bad.json()["detail"][0]["loc"])
+    assert bad.status_code == 422 and "seeds" in str(bad.json()["errors"][0]["loc"])
 
     # a full MNIST preset on a server without MNIST: refused, naming what is missing; nothing written
     before = api.get("/studies").json()
     refused = api.post("/presets/pixel-mnist/studies", json={"seeds": [1]})
     assert refused.status_code == 422, refused.text
-    (error,) = refused.json()["detail"]
+    (error,) = refused.json()["errors"]
     assert error["loc"] == ["body", "task"] and "mnist_root" in error["msg"]
     assert "HDETACH_MNIST_DIR" in error["msg"] and "allow_subset" in error["msg"]
     assert api.get("/studies").json() == before

@@ -40,7 +40,7 @@ from studies.db import (
 )
 from studies.db.engine import VERSION_TABLE, alembic_config
 from studies.db.models import WorkerStatus
-from studies.exceptions import Conflict, NotFound, SpecError
+from studies.exceptions import Conflict, KeyReused, NotFound, SpecError
 from studies.queue.retry import MAX_LOST_LEASES
 from studies.spec import SpecLimits, StudySpec
 
@@ -168,6 +168,18 @@ def test_submit_rejects_a_bad_spec_before_writing(factory: sessionmaker[Session]
     with pytest.raises(SpecError, match="grid of 8 trials exceeds"):
         queue.submit_study(factory, make_spec().model_dump(mode="json"), limits=SpecLimits(max_grid_size=4))
     assert rows(factory, Study) == rows(factory, Job) == 0
+
+
+def test_an_idempotency_key_submits_once(factory: sessionmaker[Session]) -> None:
+    first = queue.submit_study_once(factory, make_spec("k"), "key-1")
+    assert first == queue.Submission(first.study_id, replayed=False)
+    assert queue.submit_study_once(factory, make_spec("k"), "key-1") == (first.study_id, True)
+    with pytest.raises(KeyReused, match=f"study {first.study_id}"):
+        queue.submit_study_once(factory, make_spec("other"), "key-1")
+    second = queue.submit_study_once(factory, make_spec("k"), "key-2")  # a new key: a new study
+    untracked = queue.submit_study_once(factory, make_spec("k"), None)  # no key: no promise
+    assert len({first.study_id, second.study_id, untracked.study_id}) == 3
+    assert (rows(factory, Study), rows(factory, Job)) == (3, 24)
 
 
 def test_submit_is_one_transaction(factory: sessionmaker[Session]) -> None:
