@@ -150,7 +150,7 @@ class Client:
         if spec is not None:
             path, body = "studies", _spec_json(spec)
         else:
-            path, body = f"presets/{quote(preset, safe='')}/studies", dict(overrides or {})
+            path, body = f"presets/{quote(str(preset), safe='')}/studies", dict(overrides or {})
         response = self._send("POST", path, safe=True, json=body, headers=headers)
         created = StudyCreated.model_validate(response.json())
         return Study(self, created.id, created)
