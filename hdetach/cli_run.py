@@ -195,6 +195,7 @@ def ray_run(
                 queue.get_study(backend.factory, study_id)
             except NotFound:
                 fail(f"no study with id {study_id}")
+    from hdetach.ray_progress import ProgressView
     from workers.ray_executor import RayDriver, RayOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -205,15 +206,19 @@ def ray_run(
         resources={"cpu": cpus_per_pack, "gpu": gpus_per_pack},
         num_cpus=num_cpus,
     )
-    with RayDriver(options) as driver:
-        signal.signal(signal.SIGTERM, lambda *_: driver.stop_requested.set())
-        if watch:
-            driver.watch()
-        else:
-            report = driver.run_study(study_id) if study_id is not None else driver.drain()
-            typer.echo(
-                f"ran {report.jobs} cells in {report.packs} packs on Ray (studies {list(report.study_ids)})"
-            )
+    view = ProgressView()
+    try:
+        with RayDriver(options, on_progress=view) as driver:
+            signal.signal(signal.SIGTERM, lambda *_: driver.stop_requested.set())
+            if watch:
+                driver.watch()
+            else:
+                report = driver.run_study(study_id) if study_id is not None else driver.drain()
+                view.close()
+                studies = list(report.study_ids)
+                typer.echo(f"ran {report.jobs} cells in {report.packs} packs on Ray (studies {studies})")
+    finally:
+        view.close()
 
 
 @app.command()

@@ -3,10 +3,12 @@
 `HDETACH_TEST_FAULT=point[:action[:probability]]`, read once per process. Points:
 `trials-started` (the Optuna trials exist, the jobs do not point at them yet), `results-recorded`
 (results are in our tables, the Optuna trials not yet closed), `curve-write` (before a learning-
-curve write), `training` (before a pack trains). Actions: `kill` (SIGKILL this process, the
-default), `db-error` (raise a database error, as a dropped connection would), `oom` (raise
-torch.OutOfMemoryError when the pack has more than one trial), `device-assert` (raise the CUDA error
-a device-side assert gives). Unset, `hit` costs one dict lookup.
+curve write), `training` (before a pack trains), `ray-evaluated` (in a Ray trial that started
+from scratch, once its first evaluation and checkpoint reached Tune; a retry resumes from that
+checkpoint, so it is not hit again). Actions: `kill` (SIGKILL this process, the default),
+`db-error` (raise a database error, as a dropped connection would), `oom` (raise
+torch.OutOfMemoryError when the pack has more than one trial), `device-assert` (raise the CUDA
+error a device-side assert gives). Unset, `hit` costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from sqlalchemy.exc import OperationalError
 
 FAULT_ENV = "HDETACH_TEST_FAULT"
-POINTS = ("trials-started", "results-recorded", "curve-write", "training")
+POINTS = ("trials-started", "results-recorded", "curve-write", "training", "ray-evaluated")
 
 
 @cache

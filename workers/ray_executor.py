@@ -2,15 +2,17 @@
 
 The driver (`hdetach ray-run`) claims a study's queued jobs in packs, exactly as a queue worker
 would, and holds their leases by heartbeat while Tune runs. Each pack is one Tune trial (a
-`grid_search` over the packs) with its own resource request, e.g. ``{"gpu": 1}`` or a fraction of
-one. The trial trains the pack with `PackTrainer` on whatever device Ray gave it and reports each
-evaluation through `tune.report`; a Tune callback in the driver turns those reports into Optuna
-intermediate values and, at the end, records each cell's result through the queue, guarded by
-its lease as always. So summaries, reports and optuna-dashboard read the same rows whichever
+`grid_search` over the packs' short names, `s<study>-pack<k>`) with its own resource request, e.g.
+``{"gpu": 1}`` or a fraction of one. The trial (`workers.ray_trainable`) trains the pack with
+`PackTrainer` on whatever device Ray gave it and reports each evaluation as numeric metrics with a
+checkpoint; a Tune callback in the driver turns those reports into Optuna intermediate values
+and, from the final checkpoint, records each cell's result through the queue, guarded by its
+lease as always. So summaries, reports and optuna-dashboard read the same rows whichever
 engine ran the study.
 
-Failures: Tune's `FailureConfig` retries a failed pack (max_attempts - 1 times); every retry is a
-new attempt of its jobs (a new Optuna trial; the failed one is closed FAIL with the error). When
+Failures: Tune's `FailureConfig` retries a failed pack (max_attempts - 1 times) from its latest
+checkpoint; every retry is a new attempt of its jobs (a new Optuna trial, which gets the failed
+one's curve up to the checkpoint; the failed one is closed FAIL with the error). When
 Tune gives up, the jobs fail through the queue's retry policy. If the driver itself dies, its
 leases expire and the reaper hands the jobs back to the queue, where the next driver takes them.
 Cancelling a study stops its packs at their next evaluation (a Tune stopper).
@@ -18,11 +20,12 @@ Cancelling a study stops its packs at their next evaluation (a Tune stopper).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,48 +37,12 @@ from deployment.settings import Settings, setting_default
 from studies import queue
 from studies.db.models import ExecutorKind
 from studies.queue import ClaimedJob
-from studies.spec import GridCell, StudySpec
-from workers.attempts import PackAttempt, reap_expired
+from studies.tracking import intermediate_values, report_values
+from workers.attempts import RECORDED, PackAttempt, reap_expired
 from workers.executor import Executor
+from workers.ray_trainable import cell_labels, points_from_metrics, read_final, train_pack
 
 log = logging.getLogger("hdetach.ray")
-
-EVALS_KEY = "hdetach_evals"  # JSON: {pack position: curve point} since the previous report
-RECORDS_KEY = "hdetach_records"  # JSON: the pack's TrialRecords, in the final report only
-DEVICE_KEY = "hdetach_device"
-
-
-# -- inside a Ray worker ---------------------------------------------------------------------
-def train_pack(config: dict[str, Any]) -> None:
-    """The Tune trainable: one pack of cells, trained on the device Ray assigned."""
-    import torch
-
-    from studies.training import PackTrainer
-
-    pack = config["pack"]
-    spec = StudySpec.model_validate_json(pack["spec_json"])
-    cells = [GridCell(**cell) for cell in pack["cells"]]
-    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
-        torch.set_num_threads(max(1, cpus))
-    trainer = PackTrainer(spec.training_config(), [c.trial_params(spec) for c in cells], device)
-    evals: dict[int, dict[str, float]] = {}
-
-    def report_evaluation() -> bool:
-        tune.report({"step": trainer.step, EVALS_KEY: json.dumps(evals), DEVICE_KEY: device})
-        evals.clear()
-        return False  # Tune stops the trial itself (see _Bridge.should_stop)
-
-    records = trainer.run(on_eval=evals.update, should_stop=report_evaluation)
-    tune.report(
-        {
-            "step": trainer.step,
-            EVALS_KEY: "{}",
-            RECORDS_KEY: json.dumps([r.to_dict() for r in records]),
-            DEVICE_KEY: device,
-        }
-    )
 
 
 # -- in the driver ---------------------------------------------------------------------------
@@ -111,17 +78,50 @@ class RayOptions:
 
 @dataclass
 class _Pack:
+    name: str  # the Tune trial's name and directory: s<study>-pack<k>
     attempt: PackAttempt
-    records: list[dict[str, Any]] | None = None
+    records: list[dict[str, Any]] | None = None  # from the final checkpoint
+    step: int = 0  # the latest reported step
+    checkpoint_step: int = 0  # the step of the latest checkpoint, where a retry resumes
+    carried: list[tuple[int, int, float]] = field(default_factory=list)  # (pack position, step, value)
     settled: bool = False
+    done: int = 0  # cells with a recorded result, once settled
+    failed: int = 0  # cells failed, once settled
 
     @property
     def jobs(self) -> list[ClaimedJob]:
         return self.attempt.jobs
 
-    def tune_config(self, index: int) -> dict[str, Any]:
+    @property
+    def labels(self) -> list[str]:
+        return cell_labels(self.attempt.cells())
+
+    def payload(self) -> dict[str, Any]:
+        """What the trainable needs (passed by `tune.with_parameters`, so the trial's config holds
+        only the pack's name)."""
         cells = [cell.model_dump() for cell in self.attempt.cells()]
-        return {"index": index, "spec_json": self.jobs[0].spec_json, "cells": cells}
+        return {"spec_json": self.jobs[0].spec_json, "cells": cells}
+
+
+@dataclass(frozen=True)
+class DrainProgress:
+    """Where a drain stands: its cells, and its training steps summed over packs (for an ETA)."""
+
+    experiment: str
+    cells: int
+    done: int  # cells with a recorded result (diverged ones included)
+    failed: int  # cells of packs Tune gave up on
+    stopped: int  # cells given back unfinished (cancelled, lost, the driver stopping)
+    steps: int
+    total_steps: int
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None before the first report."""
+        if self.steps <= 0:
+            return None
+        return self.elapsed_s * max(0, self.total_steps - self.steps) / self.steps
 
 
 @dataclass(frozen=True)
@@ -153,21 +153,28 @@ def _trial_error(trial: Any) -> str:
 class RayDriver(Executor):
     """Claims jobs for Ray, runs them as Tune experiments, and records what they report."""
 
-    def __init__(self, options: RayOptions):
+    def __init__(self, options: RayOptions, on_progress: Callable[[DrainProgress], None] | None = None):
         super().__init__(options.database_url, "ray-", options.lease_seconds, options.heartbeat_seconds)
         self.options = options
+        self.on_progress = on_progress  # told after every report and every pack that ends
+        self.dashboard_url: str | None = None
 
     def __enter__(self) -> RayDriver:
         address = self.options.address or os.environ.get("RAY_ADDRESS") or None
         check_address(address)
-        ray.init(
+        context = ray.init(
             address=address,
             num_cpus=None if address else self.options.num_cpus,
-            include_dashboard=False,
+            include_dashboard=None,  # a local Ray starts it when its dependencies (ray[default]) are there
             ignore_reinit_error=True,
             log_to_driver=False,
             configure_logging=False,
         )
+        if context.dashboard_url:
+            self.dashboard_url = f"http://{context.dashboard_url}"
+            log.info("Ray dashboard: %s", self.dashboard_url)
+        else:
+            log.info("Ray dashboard: none (this Ray runs without it; it needs ray[default])")
         host, pack = socket.gethostname(), self.options.pack
         queue.register_worker(self.factory, self.id, host, os.getpid(), f"ray:{address or 'local'}", pack)
         self.leases.start()
@@ -203,7 +210,8 @@ class RayDriver(Executor):
         claimed = self.claim_all(study_id)
         if not claimed:
             return DrainReport(0, 0, ())
-        packs = [_Pack(PackAttempt(self.factory, self.storage, jobs, self.id, "ray")) for jobs in claimed]
+        attempts = [PackAttempt(self.factory, self.storage, jobs, self.id, "ray") for jobs in claimed]
+        packs = [_Pack(f"s{a.jobs[0].study_id}-pack{k}", a) for k, a in enumerate(attempts)]
         studies = tuple(sorted({job.study_id for jobs in claimed for job in jobs}))
         log.info(
             "running %d jobs of studies %s on Ray as %d packs", sum(map(len, claimed)), studies, len(packs)
@@ -232,71 +240,127 @@ class RayDriver(Executor):
                 self.stop_requested.wait(self.options.poll_seconds)
 
     def _fit(self, packs: list[_Pack], name: str) -> None:
-        bridge = _Bridge(self, packs)
+        bridge = _Bridge(self, packs, name)
         resources = {k.lower(): v for k, v in self.options.resources.items()}
+        trainable = tune.with_parameters(train_pack, packs={p.name: p.payload() for p in packs})
         tuner = tune.Tuner(
-            tune.with_resources(train_pack, resources),
-            param_space={"pack": tune.grid_search([p.tune_config(i) for i, p in enumerate(packs)])},
-            tune_config=tune.TuneConfig(reuse_actors=False),
+            tune.with_resources(trainable, resources),
+            param_space={"pack": tune.grid_search([p.name for p in packs])},
+            tune_config=tune.TuneConfig(
+                reuse_actors=False, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
+            ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=self.options.storage_path,
                 callbacks=[bridge],
                 stop=bridge.stopper(),
                 failure_config=tune.FailureConfig(max_failures=max(0, self.options.max_attempts - 1)),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a retry needs only the latest
                 verbose=0,
             ),
         )
+        # num_to_keep makes Tune snapshot its experiment state at each checkpoint (small here), and
+        # warn about it every few seconds unless told not to
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        bridge.tell_progress()
         tuner.fit()
+
+
+def _trial_name(trial: Any) -> str:
+    """The pack's short name (unique within the experiment), for the trial and its directory."""
+    return str(trial.config["pack"])
 
 
 class _Bridge(tune.Callback):
     """Tune's events, written into our tables and Optuna (runs in the driver process)."""
 
-    def __init__(self, driver: RayDriver, packs: list[_Pack]):
-        self.driver, self.packs = driver, packs
+    def __init__(self, driver: RayDriver, packs: list[_Pack], experiment: str):
+        self.driver, self.experiment = driver, experiment
+        self.packs = {pack.name: pack for pack in packs}
         self.by_trial: dict[str, _Pack] = {}
+        self.started = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment directory (for Tuner.restore); the bridge
         # holds this process's database connections, so a restored experiment gets an inert one.
-        return {"driver": None, "packs": [], "by_trial": {}}
+        return {"driver": None, "packs": {}, "by_trial": {}, "experiment": self.experiment, "started": 0.0}
 
     def _pack(self, trial: Any) -> _Pack:
-        pack = self.packs[trial.config["pack"]["index"]]
+        pack = self.packs[trial.config["pack"]]
         self.by_trial[trial.trial_id] = pack
         return pack
 
+    def tell_progress(self) -> None:
+        if self.driver.on_progress is None:
+            return
+        packs = self.packs.values()
+        self.driver.on_progress(
+            DrainProgress(
+                experiment=self.experiment,
+                cells=sum(len(p.jobs) for p in packs),
+                done=sum(p.done for p in packs),
+                failed=sum(p.failed for p in packs),
+                stopped=sum(len(p.jobs) - p.done - p.failed for p in packs if p.settled),
+                steps=sum(p.step for p in packs),
+                total_steps=sum(p.attempt.spec.budget.steps for p in packs),
+                elapsed_s=time.monotonic() - self.started,
+            )
+        )
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._pack(trial).attempt.open()
+        pack = self._pack(trial)
+        pack.attempt.open()
+        if pack.carried:  # a retry: its trials get the curve its checkpoint holds
+            ids = [pack.attempt.trial_ids[job.job_id] for job in pack.jobs]
+            report_values(self.driver.storage, [(ids[k], step, value) for k, step, value in pack.carried])
+            pack.carried = []
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         pack = self._pack(trial)
-        if DEVICE_KEY in result:
-            pack.attempt.device = f"ray/{result[DEVICE_KEY]}"
-        points = json.loads(result.get(EVALS_KEY, "{}"))
-        pack.attempt.report({int(k): point for k, point in points.items()})
-        if RECORDS_KEY in result:
-            pack.records = json.loads(result[RECORDS_KEY])
+        pack.step = int(result["step"])
+        pack.attempt.report(points_from_metrics(result, pack.labels))
+        self.tell_progress()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        # Tune logs and swallows what this raises: a final checkpoint that cannot be read leaves the
+        # pack without records, so its jobs are given back rather than recorded wrong.
+        pack = self._pack(trial)
+        pack.checkpoint_step = int(trial.last_result["step"])  # the result this checkpoint came with
+        final = read_final(checkpoint)
+        if final is not None:
+            pack.attempt.device = f"ray/{final['device']}"
+            pack.records = final["records"]
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pack = self._pack(trial)
         error = _trial_error(trial)
-        log.warning("pack %s failed on Ray (%s): retrying", trial.trial_id, error)
+        log.warning(
+            "pack %s failed on Ray (%s): retrying from step %d", pack.name, error, pack.checkpoint_step
+        )
+        pack.carried = [
+            (k, step, value)
+            for k, job in enumerate(pack.jobs)
+            if job.job_id in pack.attempt.trial_ids
+            for step, value in intermediate_values(self.driver.storage, pack.attempt.trial_ids[job.job_id])
+            if step <= pack.checkpoint_step
+        ]
+        pack.records, pack.step = None, pack.checkpoint_step
         pack.attempt = pack.attempt.next_attempt(error)
         self.driver.leases.hold(pack.jobs)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pack = self._pack(trial)
         error = _trial_error(trial)
-        log.error("pack %s failed on Ray (%s): giving up", trial.trial_id, error)
+        log.error("pack %s failed on Ray (%s): giving up", pack.name, error)
         pack.attempt.fail(error)
-        pack.settled = True
+        pack.settled, pack.failed = True, len(pack.jobs)
+        self.tell_progress()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pack = self._pack(trial)
         if pack.records is not None:
             pack.attempt.settle(pack.records)
+            pack.done = sum(r["status"] in RECORDED for r in pack.records)
         else:  # stopped before the end: a cancelled study, lost leases, or the driver stopping
             cancelled, lost = self.driver.leases.cancelled, self.driver.leases.lost
             pack.attempt.settle(
@@ -312,6 +376,7 @@ class _Bridge(tune.Callback):
                 ]
             )
         pack.settled = True
+        self.tell_progress()
 
     def stopper(self) -> tune.Stopper:
         bridge = self

@@ -203,3 +203,66 @@ def trials_by_cell_or_empty(url: str, optuna_name: str) -> list[list]:
         return list(trials_by_cell(url, optuna_name).values())
     except KeyError:  # the driver has not created the Optuna study yet
         return []
+
+
+TUNE_STRINGS = {"trial_id", "date", "hostname", "node_ip", "checkpoint_dir_name"}  # Tune adds these
+COUNTS = ("step", "n_running", "n_diverged", "resumed_from_step")
+
+
+def tune_results(tmp_path: Any, trial_name: str) -> list[dict[str, Any]]:
+    """What Tune logged for one trial (its result.json, a JSON object per report)."""
+    (path,) = (tmp_path / "tune").glob(f"*/{trial_name}/result.json")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_killed_pack_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(tmp_path):
+    """The Ray worker training the pack is killed right after its first evaluation and checkpoint
+    reached Tune; Tune restarts it, and it resumes from that checkpoint (step 3), not from step 0.
+    Also what a Tune user sees: short trial names, numeric metrics, the dashboard line, progress."""
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    grid = {**TINY, "name": "resume", "learning_rates": [0.01], "seeds": [1]}
+    with Backend(Settings(database_url=url)) as backend:
+        on_ray = backend.submit(grid)
+        on_queue = backend.submit({**grid, "name": "resume-queue", "engine": "queue"})
+    Worker(WorkerOptions(database_url=url, pack=4, threads=1, exit_when_idle=True)).run()
+    output = finish(
+        ray_run(url, tmp_path, "--pack", "4", env={"HDETACH_TEST_FAULT": "ray-evaluated"}), tmp_path
+    )
+    assert "Ray dashboard: " in output
+    assert "pack s1-pack0 failed on Ray (The actor is dead" in output and "retrying from step 3" in output
+    assert ": 0/2 cells done, 0 failed; step 0/6" in output  # progress: a line as the drain starts
+    assert ": 2/2 cells done, 0 failed; step 6/6 summed over packs, ETA 0:00:00" in output
+
+    # Tune's view: the trial is s<study>-pack<k>, killed after step 3, resumed there (not at 0)
+    rows = tune_results(tmp_path, f"s{on_ray}-pack0")
+    assert [(r["step"], r["resumed_from_step"]) for r in rows] == [(3, 0), (6, 3), (6, 3)]
+    labels = ("vanilla_lr0.01_s1", "h-detach_lr0.01_s1")
+    assert {k for k in rows[0] if "/" in k} == {
+        f"{label}/{name}" for label in labels for name in ("train_loss", "val_loss", "val_accuracy")
+    }
+    assert {k for k in rows[-1] if "/" in k} == {
+        f"{label}/test_{name}" for label in labels for name in ("loss", "accuracy")
+    }
+    for row in rows:  # every value we report is a number; the strings are Tune's own
+        assert {k for k, v in row.items() if isinstance(v, str)} <= TUNE_STRINGS
+        assert all(type(v) in (int, float) for k, v in row.items() if "/" in k or k in COUNTS)
+
+    # our tables: each cell recorded once, by its second attempt, as the uninterrupted queue run
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    jobs = queue.list_jobs(factory, on_ray)
+    assert [(j.state, j.attempts) for j in jobs] == [("done", 2)] * 2
+    for ray_job, queue_job in zip(jobs, queue.list_jobs(factory, on_queue), strict=True):
+        ray_result, queue_result = json.loads(ray_job.result_json), json.loads(queue_job.result_json)
+        assert ray_result["steps_run"] == queue_result["steps_run"] == 6
+        for key in ("final", "best_val"):  # exact resume: equal to 1e-12 (bit-equal here)
+            assert ray_result[key] == pytest.approx(queue_result[key], rel=1e-12)
+        for ray_point, queue_point in zip(ray_result["curve"], queue_result["curve"], strict=True):
+            assert ray_point == pytest.approx(queue_point, rel=1e-12)
+    # Optuna: the killed attempt FAIL, the second COMPLETE with the whole curve (step 3 carried over)
+    for attempts in trials_by_cell(url, queue.get_study(factory, on_ray).optuna_study_name).values():
+        assert [(t.user_attrs["attempt"], t.state.name) for t in attempts] == [(1, "FAIL"), (2, "COMPLETE")]
+        assert sorted(attempts[0].intermediate_values) == [3]
+        assert sorted(attempts[1].intermediate_values) == [3, 6]
+        assert attempts[1].intermediate_values[3] == attempts[0].intermediate_values[3]
+    engine.dispose()
