@@ -42,7 +42,7 @@ def plain_json(value: Any) -> Any:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = (settings or Settings()).for_serving()  # its tokens read and checked (ValueError)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,7 +3,8 @@
     StudiesError
     ├── SpecError    a study spec failed validation (nothing was written)
     ├── NotFound     no study / job / worker with that id
-    └── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
+    ├── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
+    └── NoDatabase   opened to read, the database is not there or does not hold our tables at head
 
 Late or duplicate reports on a job (`complete_many`, `set_optuna_trials`, `fail`, `release`,
 `cancel_job`) are routine under at-least-once delivery: the queue leaves them out of the ids it
@@ -34,3 +35,7 @@ class NotFound(StudiesError, LookupError):
 
 class Conflict(StudiesError):
     """The operation is not allowed in the object's current state."""
+
+
+class NoDatabase(StudiesError):
+    """A database opened without creating one is missing, lacks our tables or has older ones."""
