@@ -158,6 +158,7 @@ def watch(
         except KeyboardInterrupt:
             typer.echo(f"stopped watching study {study_id}; it goes on", err=True)
             raise typer.Exit(130) from None
+    console.print()  # the live display's last line has no newline of its own off a terminal
     console.print(describe(info)[0], markup=False)
     for line in summary_lines(summary.model_dump()):
         console.print(line, markup=False)
