@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from deployment.settings import Settings
 from studies import queue
-from studies.db.engine import make_engine, session_factory, upgrade
+from studies.db.engine import make_engine, require_schema, session_factory, upgrade
 from studies.spec import StudySpec
 from studies.tracking import create_optuna_study, open_storage
 
@@ -23,12 +23,21 @@ SpecData = str | bytes | Mapping[str, Any]  # a study spec as JSON text or as it
 
 class Database:
     """One engine, its sessions and one Optuna storage per process; the schema is brought to head
-    on opening. `pool_pre_ping=False` for executors, whose queue operations retry instead."""
+    on opening. `pool_pre_ping=False` for executors, whose queue operations retry instead.
+    `create=False` (for readers of existing studies) creates and migrates nothing: a missing
+    database, or one without our tables at head, raises `NoDatabase`."""
 
-    def __init__(self, database_url: str, pool_pre_ping: bool = True):
+    def __init__(self, database_url: str, pool_pre_ping: bool = True, create: bool = True):
         self.database_url = database_url
-        upgrade(database_url)
+        if create:
+            upgrade(database_url)
         self.engine = make_engine(database_url, pool_pre_ping=pool_pre_ping)
+        if not create:
+            try:
+                require_schema(database_url, self.engine)
+            except BaseException:
+                self.engine.dispose()
+                raise
         self.factory: sessionmaker[Session] = session_factory(self.engine)
 
     @cached_property
@@ -51,8 +60,8 @@ class Backend(Database):
     """The database as the CLI and the service use it: studies validated against this deployment's
     limits, submitted and deleted in our tables and Optuna's together."""
 
-    def __init__(self, settings: Settings):
-        super().__init__(settings.database_url)
+    def __init__(self, settings: Settings, create: bool = True):
+        super().__init__(settings.database_url, create=create)
         self.settings = settings
 
     def parse_spec(self, data: SpecData) -> StudySpec:

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     max_T: int = Field(2_000, ge=1)  # longest copying delay / adding length accepted
     max_steps: int = Field(1_000_000, ge=1)  # largest step budget per trial accepted
     max_hidden_size: int = Field(2_048, ge=1)  # largest LSTM accepted
-    environment: Literal["development", "production"] = "development"  # production refuses placeholder tokens
+    environment: Literal["development", "production"] = "development"  # production serves only real tokens
     api_tokens: str = PLACEHOLDER_TOKEN  # comma-separated bearer tokens, printable ASCII; writes need one
     api_tokens_file: Path | None = (
         None  # a file of tokens, comma- or newline-separated, instead of api_tokens
@@ -58,20 +58,16 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `HDETACH_RAY_ADDRESS=` in an .env file means "not set"
 
-    @field_validator("api_tokens")
+    @field_validator("database_url")
     @classmethod
-    def _printable_ascii_tokens(cls, value: str) -> str:
-        return _check_tokens(value, "HDETACH_API_TOKENS")
+    def _supported_database(cls, value: str) -> str:
+        return check_database_url(value)
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
-        # runs before the token check below (validators run in the order they are defined)
         if self.database_password_file is not None:
             password = _read_secret(self.database_password_file, "HDETACH_DATABASE_PASSWORD_FILE")
-            try:
-                url = make_url(self.database_url)
-            except ArgumentError as e:
-                raise ValueError(f"HDETACH_DATABASE_URL: {e}") from None
+            url = make_url(self.database_url)  # parseable: checked by _supported_database
             if url.get_backend_name() == "sqlite":
                 raise ValueError("HDETACH_DATABASE_PASSWORD_FILE is set but HDETACH_DATABASE_URL is SQLite")
             if url.password is not None:
@@ -80,26 +76,31 @@ class Settings(BaseSettings):
                 )
             # URL.set takes the password as it is; rendering percent-encodes it, so any character works
             self.database_url = url.set(password=password).render_as_string(hide_password=False)
+        return self
+
+    def for_serving(self) -> Settings:
+        """These settings with their API tokens read and checked, for a process that serves the API
+        (`hdetach serve`, `service.create_app`): the tokens from HDETACH_API_TOKENS_FILE if set,
+        printable ASCII, and outside development real ones. Only a process that checks tokens asks,
+        so a CLI command in a folder whose .env still holds the placeholder works (ValueError)."""
+        tokens = self.api_tokens
         if self.api_tokens_file is not None:
             if "api_tokens" in self.model_fields_set:
                 raise ValueError("HDETACH_API_TOKENS and HDETACH_API_TOKENS_FILE are both set: use one")
             text = _read_secret(self.api_tokens_file, "HDETACH_API_TOKENS_FILE")
-            self.api_tokens = _check_tokens(
-                ",".join(line.strip() for line in text.splitlines()), "HDETACH_API_TOKENS_FILE"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _real_tokens_outside_development(self) -> Settings:
-        if self.environment == "development":
-            return self
-        if not self.tokens():
-            raise ValueError("HDETACH_API_TOKENS is empty: production needs at least one token")
-        if PLACEHOLDER_TOKEN in self.tokens():
-            raise ValueError(
-                "HDETACH_API_TOKENS still holds the placeholder token; set real tokens in production"
-            )
-        return self
+            tokens = ",".join(line.strip() for line in text.splitlines())
+            _check_tokens(tokens, "HDETACH_API_TOKENS_FILE")
+        else:
+            _check_tokens(tokens, "HDETACH_API_TOKENS")
+        serving = self.model_copy(update={"api_tokens": tokens, "api_tokens_file": None})
+        if self.environment != "development":
+            if not serving.tokens():
+                raise ValueError("HDETACH_API_TOKENS is empty: production needs at least one token")
+            if PLACEHOLDER_TOKEN in serving.tokens():
+                raise ValueError(
+                    "HDETACH_API_TOKENS still holds the placeholder token; set real tokens in production"
+                )
+        return serving
 
     def tokens(self) -> set[str]:
         return {t.strip() for t in self.api_tokens.split(",") if t.strip()}
@@ -112,6 +113,23 @@ class Settings(BaseSettings):
             max_hidden_size=self.max_hidden_size,
             mnist_dir=self.mnist_dir,
         )
+
+
+SUPPORTED_DATABASES = ("sqlite", "postgresql", "postgres")  # postgres:// is read as postgresql://
+
+
+def check_database_url(url: str) -> str:
+    """A database URL this project can open (SQLite or PostgreSQL), or ValueError naming the problem:
+    the one home of that rule, for HDETACH_DATABASE_URL and `--database-url` alike."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise ValueError(f"HDETACH_DATABASE_URL: {url!r} is not a database URL") from None
+    if backend not in SUPPORTED_DATABASES:  # e.g. mysql://: its driver would fail with a traceback
+        raise ValueError(
+            f"HDETACH_DATABASE_URL: {backend} is not supported; use sqlite:///FILE or postgresql://..."
+        )
+    return url
 
 
 def _check_tokens(value: str, name: str) -> str:

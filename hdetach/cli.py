@@ -1,7 +1,9 @@
-"""`hdetach`: train trials, run the demo, submit studies, run workers (one device, or a supervisor
-over several), check a worker's health, and serve the REST API.
+"""`hdetach`: train trials, run the demo, submit studies and follow them (list, show, watch,
+summary, export, requeue, cancel, delete), run workers (one device, or a supervisor over several),
+check a worker's health, and serve the REST API.
 
-Bad arguments end with a one-line message and exit code 2.
+Every error is one line on stderr (one per field for an invalid spec or settings) with an exit code
+that says whose move it is (`hdetach.errors`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import itertools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -19,27 +21,29 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+from hdetach.errors import EXIT_CODES_HELP, database_errors, fail, shown_url, validation_lines
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, epilog=EXIT_CODES_HELP)
 console = Console(stderr=True)
 
 DEFAULT_P = {"copying": 0.5, "adding": 0.5, "pixel_mnist": 0.25, "permuted_mnist": 0.25}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"hdetach-studies {version('hdetach-studies')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
     """Robustness studies of LSTM training with h-detach."""
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2 (the convention for bad arguments)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def validation_message(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "value"
-    return f"{where}: {first['msg']}"
 
 
 @app.command()
@@ -108,7 +112,7 @@ def train(
             for v, rate, s in itertools.product(variant, lr, seed)
         ]
     except ValidationError as e:
-        fail(validation_message(e))
+        fail(validation_lines(e))
     for v in variant:
         if v not in ("vanilla", "h-detach"):
             fail(f"unknown variant {v!r}; choose vanilla or h-detach")
@@ -196,21 +200,24 @@ DatabaseUrl = Annotated[
 
 
 def load_settings(database_url: str | None):
-    """The settings, or one line and exit code 2 if they are invalid (a bad secret file, say)."""
-    from deployment.settings import Settings
+    """The settings (`--database-url` in place of HDETACH_DATABASE_URL if given); invalid ones end
+    the command with one line per problem, naming the variable, and exit code 2."""
+    from deployment.settings import Settings, check_database_url
 
     try:
         settings = Settings()
+        if database_url:
+            check_database_url(database_url)
     except ValidationError as e:
-        fail(f"settings: {validation_message(e)}")
+        lines = []
+        for item in e.errors(include_url=False):
+            message = item["msg"].removeprefix("Value error, ")
+            name = "HDETACH_" + str(item["loc"][0]).upper() if item["loc"] else ""
+            lines.append(message if not name or message.startswith(name) else f"{name}: {message}")
+        fail("\n".join(f"settings: {line}" for line in lines))
+    except ValueError as e:
+        fail(f"--database-url: {str(e).removeprefix('HDETACH_DATABASE_URL: ')}")
     return settings.model_copy(update={"database_url": database_url}) if database_url else settings
-
-
-def shown_url(url: str) -> str:
-    """A database URL fit for a log: the password hidden."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @db_app.command("upgrade")
@@ -219,7 +226,8 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
     from studies.db.engine import upgrade
 
     settings = load_settings(database_url)
-    upgrade(settings.database_url)
+    with database_errors(settings.database_url):
+        upgrade(settings.database_url)
     typer.echo(f"database at head: {shown_url(settings.database_url)}")
 
 
@@ -251,11 +259,12 @@ def submit(
         fail(str(e.args[0]))
     except json.JSONDecodeError as e:
         fail(f"--overrides is not JSON: {e}")
-    with Backend(load_settings(database_url)) as backend:
+    settings = load_settings(database_url)
+    with database_errors(settings.database_url), Backend(settings) as backend:
         try:
             study_id = backend.submit(text)
         except ValidationError as e:
-            fail(f"invalid spec: {validation_message(e)}")
+            fail(validation_lines(e, prefix="invalid spec: "))
         typer.echo(study_id)
 
 
@@ -293,35 +302,9 @@ def presets(as_json: Annotated[bool, typer.Option("--json", help="print the spec
         console.print("  " + escape(line), soft_wrap=True)
 
 
-@app.command()
-def status(
-    study_id: Annotated[int, typer.Argument(help="study id")],
-    database_url: DatabaseUrl = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """A study's state and its jobs counted by state."""
-    from deployment.backend import Backend
-    from studies import queue
-    from studies.exceptions import NotFound
-
-    with Backend(load_settings(database_url)) as backend:
-        try:
-            study = queue.get_study(backend.factory, study_id)
-        except NotFound:
-            fail(f"no study with id {study_id}")
-        counts = queue.job_counts(backend.factory, study_id)
-    info = {"id": study_id, "name": study.name, "status": study.status, "jobs": counts}
-    if as_json:
-        typer.echo(json.dumps(info))
-        return
-    total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
-    typer.echo(f"study {study_id} ({study.name}): {study.status}, {done}/{total} cells finished")
-    typer.echo("  " + ", ".join(f"{state} {n}" for state, n in counts.items() if n))
-
-
-# the commands that run things (workers, Ray, the API server, health checks) register on `app`
-from hdetach import cli_run  # noqa: E402, F401
+# the commands that run things (workers, Ray, the API server, health checks) and those on existing
+# studies register on `app`
+from hdetach import cli_run, cli_studies  # noqa: E402, F401
 
 
 def main() -> None:

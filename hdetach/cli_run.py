@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from hdetach.cli import DatabaseUrl, app, fail, load_settings, shown_url, validation_message
+from hdetach.cli import DatabaseUrl, app, load_settings
+from hdetach.errors import database_errors, fail, shown_url, validation_lines
 
 
 @app.command()
@@ -140,12 +141,16 @@ def health_worker(
     heartbeat; else exit 1 with one line: no worker from this host, halted (and why), stopped, or
     its heartbeat N s old. The database is given `--timeout` seconds to connect and answer; the
     whole check ends within about twice that."""
+    from deployment.settings import Settings, check_database_url
     from workers.health import check_worker_health
 
-    try:
-        settings = load_settings(database_url)
-    except ValidationError as e:
-        typer.echo(f"unhealthy: settings: {validation_message(e)}")
+    try:  # not load_settings: a healthcheck answers 1 for anything that is not healthy
+        settings = Settings()
+        if database_url:
+            settings = settings.model_copy(update={"database_url": check_database_url(database_url)})
+    except ValueError as e:
+        reason = validation_lines(e).replace("\n", "; ") if isinstance(e, ValidationError) else str(e)
+        typer.echo(f"unhealthy: settings: {reason}")
         raise typer.Exit(1) from None
     healthy, message = check_worker_health(
         settings.database_url,
@@ -186,15 +191,10 @@ def ray_run(
     except ValueError as e:
         fail(str(e))
     if study_id is not None:
-        from deployment.backend import Backend
-        from studies import queue
-        from studies.exceptions import NotFound
+        from hdetach.cli_studies import on_study, studies_source
 
-        with Backend(settings) as backend:
-            try:
-                queue.get_study(backend.factory, study_id)
-            except NotFound:
-                fail(f"no study with id {study_id}")
+        with studies_source(database_url) as source, on_study(study_id):
+            source.get(study_id)
     from hdetach.ray_progress import ProgressView
     from workers.ray_executor import RayDriver, RayOptions
 
@@ -208,7 +208,7 @@ def ray_run(
     )
     view = ProgressView()
     try:
-        with RayDriver(options, on_progress=view) as driver:
+        with database_errors(settings.database_url), RayDriver(options, on_progress=view) as driver:
             signal.signal(signal.SIGTERM, lambda *_: driver.stop_requested.set())
             if watch:
                 driver.watch()
@@ -227,16 +227,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default HDETACH_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default HDETACH_PORT)")] = None,
 ) -> None:
-    """Serve the REST API with uvicorn."""
+    """Serve the REST API with uvicorn. Refuses (exit 2) API tokens that are not printable ASCII and,
+    with HDETACH_ENVIRONMENT=production, the placeholder token or none; creates or migrates the
+    database first (exit 6 if it is unreachable)."""
     import uvicorn
 
-    from deployment.settings import Settings
     from service.app import create_app
+    from studies.db.engine import upgrade
 
+    settings = load_settings(database_url)
     try:
-        settings = load_settings(database_url) if database_url else Settings()
-    except ValidationError as e:
-        fail(f"settings: {validation_message(e)}")
+        settings = settings.for_serving()
+    except ValueError as e:
+        fail(f"settings: {e}")
+    with database_errors(settings.database_url):
+        upgrade(settings.database_url)  # as the app's start-up would, but failing in one line
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,

@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+from hdetach.summary_text import join_words, print_summary, summary_lines
 
 DEMO_PRESET = "adding-T50-small"
 DEMO_NAME = "demo-adding-T50"
@@ -113,7 +114,7 @@ def run_demo(steps: int, workers: int, out_dir: Path, console: Console, seeds: i
             )
         _follow(api, study["id"], study["cells"], console)
         summary = api.get(f"/studies/{study['id']}/summary").json()
-        _print_summary(summary, console)
+        print_summary(summary, console)
         for line in what_it_shows(summary, spec):
             console.print(line, markup=False)  # "[95% CI ...]" is text, not a style
         report = run_dir / "report.html"
@@ -149,10 +150,6 @@ def _follow(api: httpx.Client, study_id: int, cells: int, console: Console) -> N
             time.sleep(1.0)
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def _describe_spec(spec: dict[str, Any]) -> str:
     task, budget = spec["task"], spec["budget"]
     variants = " vs ".join(
@@ -165,89 +162,11 @@ def _describe_spec(spec: dict[str, Any]) -> str:
     )
 
 
-def _relation(summary: dict[str, Any]) -> str:
-    return ">=" if summary["higher_is_better"] else "<="
-
-
-def _print_summary(summary: dict[str, Any], console: Console) -> None:
-    value = ".3f" if summary["higher_is_better"] else ".3g"
-    table = Table(
-        title=f"robustness summary: test {summary['metric']} (success: {_relation(summary)} "
-        f"{summary['threshold']:g})"
-    )
-    for column in (
-        "variant",
-        "success rate [95% CI]",
-        "best lr",
-        "mean at best lr",
-        "worst seed at best lr",
-        "robust lr range",
-        "success AUC",
-    ):
-        table.add_column(column)
-    for v in summary["variants"]:
-        worst = v["worst_seed_at_best_lr"]
-        robust = "–" if v["robust_lr_low"] is None else f"{v['robust_lr_low']:g}–{v['robust_lr_high']:g}"
-        table.add_row(
-            v["name"],
-            f"{_fmt(v['success_rate'], '.2f')} [{_fmt(v['success_ci_low'], '.2f')}, "
-            f"{_fmt(v['success_ci_high'], '.2f')}]",
-            _fmt(v["best_lr"], "g"),
-            _fmt(v["best_mean"], value),
-            _worst(worst, value),
-            robust,
-            _fmt(v["success_auc"], ".2f"),
-        )
-    console.print(table)
-
-
-def _worst(worst: dict[str, Any] | None, value: str) -> str:
-    if worst is None:
-        return "–"
-    shown = "diverged" if worst["diverged"] else format(worst["value"], value)
-    return f"{shown} (seed {worst['seed']})"
-
-
-def _counts(variant: dict[str, Any]) -> str:
-    return ", ".join(f"lr {s['lr']:g}: {s['successes']}/{s['seeds_run']}" for s in variant["lrs"])
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 def what_it_shows(summary: dict[str, Any], spec: dict[str, Any]) -> list[str]:
-    """The lines printed after the summary table: per-variant successes and robust range, the paired
-    comparison, and what the run shows and does not. Every number comes from `summary` and `spec`."""
-    level = summary["robust_level"]
-    lines = [f"successes per learning rate, and the robust range (success rate >= {level:g}):"]
-    for v in summary["variants"]:
-        robust = (
-            "none"
-            if v["robust_lr_low"] is None
-            else f"{v['robust_lr_low']:g}–{v['robust_lr_high']:g}"
-            + ("" if v["robust_contiguous"] else " (with gaps)")
-        )
-        lines.append(f"  {v['name']}: {_counts(v)}; robust lr range: {robust}")
-    better = "higher" if summary["higher_is_better"] else "lower"
-    for c in summary["comparisons"]:
-        lines.append(
-            f"paired comparison, {c['variant']} vs {c['baseline']} on the same (lr, seed), "
-            f"{c['n_pairs']} pairs (positive = {c['variant']} {better} {summary['metric']}): "
-            f"mean difference {_fmt(c['mean_difference'], '+.3g')} "
-            f"[95% CI {_fmt(c['mean_difference_ci_low'], '+.3g')}, "
-            f"{_fmt(c['mean_difference_ci_high'], '+.3g')}], "
-            f"P(better) {_fmt(c['prob_improvement'], '.2f')} "
-            f"[95% CI {_fmt(c['prob_improvement_ci_low'], '.2f')}, "
-            f"{_fmt(c['prob_improvement_ci_high'], '.2f')}], "
-            f"Wilcoxon p {_fmt(c['wilcoxon_p'], '.3g')}"
-        )
-    if summary["caveats"]:
-        lines.append("what these numbers can support:")
-        lines.extend(f"  {caveat}" for caveat in summary["caveats"])
-    lines.append("")
-    lines.extend(_meaning(summary, spec))
-    return lines
+    """The lines printed after the summary table: the summary's own lines (successes per learning
+    rate, the paired comparison, caveats), then what the demo's run shows and does not. Every
+    number comes from `summary` and `spec`."""
+    return [*summary_lines(summary), "", *_meaning(summary, spec)]
 
 
 def _meaning(summary: dict[str, Any], spec: dict[str, Any]) -> list[str]:
@@ -262,7 +181,7 @@ def _meaning(summary: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     def at(lr: float) -> str:
         (first, k, n), *rest = by_lr[lr]
         others = [f"{name} on {k2} of {n2}" for name, k2, n2 in rest]
-        return f"{first} succeeded on {k} of {n} seeds" + (f" and {_join(others)}" if others else "")
+        return f"{first} succeeded on {k} of {n} seeds" + (f" and {join_words(others)}" if others else "")
 
     def each(lr: float) -> str:
         _, k, n = by_lr[lr][0]
@@ -271,12 +190,12 @@ def _meaning(summary: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     if not differ:
         result = (
             "In this run the variants succeeded equally often at every learning rate: "
-            f"lr {_join([each(lr) for lr in same])}."
+            f"lr {join_words([each(lr) for lr in same])}."
         )
     else:
         result = "In this run, " + "; ".join(f"at lr {lr:g} {at(lr)}" for lr in differ)
         if same:
-            result += f"; at lr {_join([each(lr) for lr in same])} they did equally well"
+            result += f"; at lr {join_words([each(lr) for lr in same])} they did equally well"
         result += "."
     task, budget = spec["task"], spec["budget"]
     n_seeds = len(spec["seeds"])

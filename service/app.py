@@ -25,7 +25,7 @@ Writes need a bearer token (HDETACH_API_TOKENS)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = (settings or Settings()).for_serving()  # its tokens read and checked (ValueError)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

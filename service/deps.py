@@ -18,8 +18,8 @@ from service.cache import Entry, ResponseCache, lookup
 from service.schemas import Links, Problem, StudyCreated
 from studies import queue
 from studies.db.models import Study
-from studies.exceptions import Conflict, KeyReused
-from studies.results import study_summary, trial_row
+from studies.exceptions import KeyReused
+from studies.results import stored_spec, study_summary, trial_row
 from studies.spec import StudySpec
 
 _bearer = HTTPBearer(auto_error=False, description="an API token from HDETACH_API_TOKENS")
@@ -217,17 +217,7 @@ def next_page(request: Request, response: Response, offset: int, limit: int, tot
 
 def load(backend: BackendDep, study_id: int) -> tuple[Study, StudySpec]:
     study = queue.get_study(backend.factory, study_id)  # NotFound -> 404 (see app)
-    try:
-        return study, StudySpec.model_validate_json(study.spec_json)
-    except ValidationError as error:
-        # stored before the spec refused what nothing downstream can use (a NaN threshold stored
-        # as null, a seed past 32 bits on SQLite): its results cannot be read, say so plainly
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise Conflict(
-            f"study {study_id} was stored with a spec this version refuses ({where}: {first['msg']});"
-            " delete it and submit it again"
-        ) from None
+    return study, stored_spec(study)  # Conflict -> 409: a spec this version refuses
 
 
 def summary_entry(

@@ -4,7 +4,8 @@
     ├── SpecError    a study spec failed validation (nothing was written)
     │   └── KeyReused    an idempotency key came back with another spec than the one it submitted
     ├── NotFound     no study / job / worker with that id
-    └── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
+    ├── Conflict     the request clashes with the current state (e.g. deleting a study with running jobs)
+    └── NoDatabase   opened to read, the database is not there or does not hold our tables at head
 
 Late or duplicate reports on a job (`complete_many`, `set_optuna_trials`, `fail`, `release`,
 `cancel_job`) are routine under at-least-once delivery: the queue leaves them out of the ids it
@@ -39,3 +40,7 @@ class Conflict(StudiesError):
 
 class KeyReused(SpecError):
     """An idempotency key that submitted one spec was sent again with another."""
+
+
+class NoDatabase(StudiesError):
+    """A database opened without creating one is missing, lacks our tables or has older ones."""

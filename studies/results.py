@@ -9,9 +9,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from studies.db.models import Job
+from studies.db.models import Job, Study
+from studies.exceptions import Conflict
 from studies.robustness import RobustnessSummary, TrialOutcome, summarize
 from studies.spec import StudySpec
 
@@ -152,6 +153,21 @@ def to_csv(records: Sequence[Mapping[str, object]]) -> str:
     writer.writeheader()
     writer.writerows(records)
     return buffer.getvalue()
+
+
+def stored_spec(study: Study) -> StudySpec:
+    """The spec a study was stored with; Conflict if this version refuses it."""
+    try:
+        return StudySpec.model_validate_json(study.spec_json)
+    except ValidationError as error:
+        # stored before the spec refused what nothing downstream can use (a NaN threshold stored
+        # as null, a seed past 32 bits on SQLite): its results cannot be read, say so plainly
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Conflict(
+            f"study {study.id} was stored with a spec this version refuses ({where}: {first['msg']});"
+            " delete it and submit it again"
+        ) from None
 
 
 def study_summary(spec: StudySpec, rows: Sequence[TrialRow], robust_level: float = 0.8) -> RobustnessSummary:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -195,6 +195,37 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
                     raise RuntimeError(f"the upgrade left rows that break foreign keys: {broken[:5]}")
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    """The revision our migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None, "the migrations have no head"
+    return head
+
+
+def require_schema(url: str | URL, engine: Engine) -> None:
+    """Creating nothing, make sure the database at `url` holds our tables at head; else NoDatabase,
+    saying what to run. For readers: a typo'd SQLite path must not become a new empty database."""
+    from studies.exceptions import NoDatabase
+
+    parsed = database_url(url)
+    upgrade_hint = "run `hdetach db upgrade` (or submit a study) to create or migrate it"
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if not path.is_file():  # checked before connecting: sqlite3 creates a missing file
+            raise NoDatabase(
+                f"no SQLite database at {path.resolve()}: check HDETACH_DATABASE_URL, or {upgrade_hint}"
+            )
+    shown = parsed.render_as_string(hide_password=True)
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(VERSION_TABLE):
+            raise NoDatabase(f"database {shown} holds no hdetach tables: {upgrade_hint}")
+        current = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    if current != (head := head_revision()):
+        raise NoDatabase(f"database {shown} is at schema revision {current}, not {head}: {upgrade_hint}")
 
 
 def database_answers(engine: Engine) -> bool:

@@ -1,11 +1,12 @@
 """The job queue: studies become one job per grid cell; workers claim packs of them under leases.
 
 Every operation is a function of a `sessionmaker` that runs one short transaction; there is no
-global state. Submit and cancel in `submission`, claim in `claim`, the life of a lease in
-`leases`, the worker registry in `workers`, read-only views in `reads`.
+global state. Submit and cancel in `submission`, failed cells queued again in `requeue`, claim in
+`claim`, the life of a lease in `leases`, the worker registry in `workers`, read-only views in
+`reads`.
 """
 
-from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, ReapedJob
+from studies.queue._types import CancelResult, ClaimedJob, HeartbeatReply, ReapedJob, RequeueResult
 from studies.queue.claim import claim
 from studies.queue.held_jobs import (
     cancel_job,
@@ -31,6 +32,7 @@ from studies.queue.reads import (
     unfinished_jobs,
 )
 from studies.queue.reaper import reap
+from studies.queue.requeue import requeue_failed
 from studies.queue.retry import RetryDecision, RetryPolicy
 from studies.queue.submission import (
     Submission,
@@ -51,6 +53,7 @@ __all__ = [
     "JobOutcome",
     "QueueSnapshot",
     "ReapedJob",
+    "RequeueResult",
     "RetryDecision",
     "RetryPolicy",
     "Submission",
@@ -75,6 +78,7 @@ __all__ = [
     "reap",
     "register_worker",
     "release",
+    "requeue_failed",
     "retry_held",
     "running_jobs_by_worker",
     "set_optuna_trials",

@@ -64,3 +64,10 @@ class CancelResult:
     status: StudyStatus  # CANCELLED at once unless jobs are still running
     cancelled_jobs: int  # queued jobs cancelled now
     running_jobs: int  # stopped by their workers at their next heartbeat
+
+
+@dataclass(frozen=True)
+class RequeueResult:
+    study_id: int
+    status: StudyStatus  # RUNNING once cells were queued again (a finished study is reopened)
+    requeued: int  # failed cells queued again

@@ -174,7 +174,6 @@ def test_presets_and_submit_by_preset(tmp_path: Path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["12345"], "no study with id 12345"),
         (["1", "--watch"], "not both"),
         (["--cpus-per-pack", "0"], "some CPUs or GPUs"),
         (["--address", "ray://head:10001"], "Ray Client addresses"),

@@ -145,10 +145,11 @@ def test_the_spec_refuses_what_nothing_downstream_can_use(server):
 def test_settings_refuse_production_without_tokens_and_tokens_that_are_not_ascii():
     for tokens in ("", " , ,"):
         with pytest.raises(ValueError, match="HDETACH_API_TOKENS"):
-            Settings(environment="production", api_tokens=tokens)
+            Settings(environment="production", api_tokens=tokens).for_serving()
     with pytest.raises(ValueError, match="ASCII"):
-        Settings(api_tokens="ключ")
-    assert Settings(environment="production", api_tokens="a-real-token").tokens() == {"a-real-token"}
+        Settings(api_tokens="ключ").for_serving()
+    serving = Settings(environment="production", api_tokens="a-real-token").for_serving()
+    assert serving.tokens() == {"a-real-token"}
     assert Settings().max_body_bytes == LIMIT
 
 

@@ -411,6 +411,70 @@ def test_lost_leases_spend_no_attempt_but_a_job_that_always_loses_its_lease_ends
 
 
 # -- cancel and delete -----------------------------------------------------------------------
+# -- requeue ---------------------------------------------------------------------------------
+def _fail_for_good(factory: sessionmaker[Session], max_attempts: int) -> None:
+    for attempt in range(1, max_attempts + 1):
+        (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+        assert job.attempt == attempt
+        assert queue.fail(factory, job.job_id, job.lease_token, f"boom {attempt}")
+
+
+def test_requeue_failed_reopens_a_finished_study_with_new_attempts_and_trials(
+    factory: sessionmaker[Session],
+) -> None:
+    study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1)), max_attempts=2)
+    (done,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+    assert queue.complete_many(factory, [(done.job_id, done.lease_token, {"final": {"accuracy": 1.0}})])
+    _fail_for_good(factory, 2)  # the other cell
+    assert queue.get_study(factory, study_id).status == "done"
+
+    result = queue.requeue_failed(factory, study_id, extra_attempts=2)
+    assert (result.requeued, result.status) == (1, "running")
+    study = queue.get_study(factory, study_id)
+    assert (study.status, study.finished_at) == ("running", None)
+    (job,) = queue.claim(factory, "w", 2, LEASE, now=T0)  # the failed cell; the done one keeps its result
+    assert job.job_id != done.job_id and job.attempt == 3  # a new attempt, counted on
+    assert queue.set_optuna_trials(factory, [(job.job_id, job.lease_token, 99)]) == {job.job_id}
+    assert queue.fail(factory, job.job_id, job.lease_token, "boom 3")  # 2 more attempts: retried
+    (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+    assert job.attempt == 4 and queue.get_job(factory, job.job_id).optuna_trial_id is None  # a new trial
+    assert queue.fail(factory, job.job_id, job.lease_token, "boom 4")
+    stored = queue.get_job(factory, job.job_id)
+    assert (stored.state, stored.attempts, stored.last_error) == ("failed", 4, "boom 4")
+    assert queue.get_study(factory, study_id).status == "done"  # settled again
+    assert json.loads(queue.get_job(factory, done.job_id).result_json or "") == {"final": {"accuracy": 1.0}}
+
+
+def test_requeue_failed_with_nothing_failed_changes_nothing(factory: sessionmaker[Session]) -> None:
+    study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0,)))
+    (job,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+    assert queue.complete_many(factory, [(job.job_id, job.lease_token, {})])
+    before = queue.get_study(factory, study_id)
+    result = queue.requeue_failed(factory, study_id, extra_attempts=3)
+    assert (result.requeued, result.status) == (0, "done")
+    after = queue.get_study(factory, study_id)
+    assert (after.status, after.finished_at) == ("done", before.finished_at)
+    assert after.updated_at == before.updated_at
+
+
+def test_requeue_failed_refuses_a_cancelled_or_unknown_study_and_writes_nothing(
+    factory: sessionmaker[Session],
+) -> None:
+    study_id = queue.submit_study(factory, make_spec(variants=1, lrs=(1e-3,), seeds=(0, 1)), max_attempts=1)
+    _fail_for_good(factory, 1)
+    (running,) = queue.claim(factory, "w", 1, LEASE, now=T0)
+    queue.cancel_study(factory, study_id)  # one cell failed, one still running: cancel requested
+    with pytest.raises(Conflict, match="cancelled"):
+        queue.requeue_failed(factory, study_id, extra_attempts=1)
+    assert queue.job_counts(factory, study_id)["failed"] == 1  # rolled back
+    assert queue.cancel_job(factory, running.job_id, running.lease_token)
+    assert queue.get_study(factory, study_id).status == "cancelled"
+    with pytest.raises(Conflict, match="cancelled"):
+        queue.requeue_failed(factory, study_id, extra_attempts=1)
+    with pytest.raises(NotFound):
+        queue.requeue_failed(factory, study_id + 100, extra_attempts=1)
+
+
 def test_cancel_study_cancels_queued_jobs_and_flags_running_ones(factory: sessionmaker[Session]) -> None:
     study_id = queue.submit_study(factory, make_spec())
     (running,) = queue.claim(factory, "w", max_jobs=1, lease_seconds=LEASE)

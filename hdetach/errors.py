@@ -1,0 +1,99 @@
+"""How `hdetach` ends when it cannot do what was asked: one line on stderr (one per field for an
+invalid spec or settings) and an exit code that says whose move it is. The codes' one home:
+
+    0  done
+    1  the study refuses: no study with that id, or not in a state for that (requeue a
+       cancelled study, delete one with running jobs)
+    2  bad arguments, spec or settings (typer's own usage errors too): fix them and run again
+    3  (worker) its device failed the start-up check; 4 halted; 5 a CUDA error (see `worker --help`)
+    6  the database is unreachable (not running, wrong host or port, refused the login)
+    7  no database there: a SQLite file that does not exist, or a database without our tables
+       (or with older ones): `hdetach db upgrade` creates or migrates it
+
+A supervisor restarts a worker that exits 6 (the database may come back), never one that exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from pydantic import ValidationError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_DATABASE_UNREACHABLE = 6  # the same code as workers.worker's (not imported here: torch)
+EXIT_NO_DATABASE = 7
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 the study refuses (no such id, or not in a state for that); 2 bad "
+    "arguments, spec or settings; 6 the database is unreachable; 7 no database there, or one "
+    "without our tables (run `hdetach db upgrade`)."
+)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """`message` on stderr, one line per line of it, each starting "error: "; exit `code`."""
+    for line in message.splitlines() or [""]:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def refuse(message: str) -> NoReturn:
+    fail(message, EXIT_REFUSED)
+
+
+def one_line(text: object) -> str:
+    """A message folded into one line (drivers' messages span several)."""
+    return " ".join(str(text).split())
+
+
+# "not this alternative's type": pydantic reports one per branch of a union the value did not take
+_WRONG_BRANCH = frozenset({"model_type", "model_attributes_type", "dict_type", "list_type", "float_type"})
+
+
+def validation_lines(error: ValidationError, prefix: str = "") -> str:
+    """Every error of a validation, one per line, each naming its field (a rule across fields names
+    none). A union's branches are not fields: `learning_rates.list[...].0` is `learning_rates.0`,
+    and the branches the value's type rules out are left out while another says what is wrong."""
+    found = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"] if isinstance(p, int) or "[" not in p)
+        found.append((where, item["type"], item["msg"].removeprefix("Value error, ")))
+    lines: list[str] = []
+    for where, kind, message in found:
+        related = [w for w, k, _ in found if k not in _WRONG_BRANCH and (w + ".").startswith(where + ".")]
+        if kind in _WRONG_BRANCH and related:
+            continue
+        line = f"{prefix}{where}: {message}" if where else f"{prefix}{message}"
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit for a log: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn a database that is missing, not ours or unreachable into one line and its exit code."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from studies.exceptions import NoDatabase
+
+    try:
+        yield
+    except NoDatabase as error:
+        fail(str(error), EXIT_NO_DATABASE)
+    except (OperationalError, InterfaceError) as error:
+        reason = one_line(error.orig if error.orig is not None else error)
+        fail(
+            f"database {shown_url(url)} unreachable: {reason} (check the server and HDETACH_DATABASE_URL)",
+            EXIT_DATABASE_UNREACHABLE,
+        )

@@ -1,0 +1,147 @@
+"""Where the `hdetach studies ...` commands get their data: a `StudiesSource`. The commands only
+format what a source returns, so every source prints the same.
+
+`DatabaseSource` reads and writes the database directly (as `hdetach submit` does); a source over
+the REST API answers with the same models, which are what its routes return: `StudyInfo` holds the
+fields of `GET /studies/{id}` it needs, `RobustnessSummary` is `/summary`'s body and `TrialRow`
+`/trials`'s items. A source raises the core's errors: `NotFound` for an unknown id (a 404),
+`Conflict` when the study's state refuses (a 409), `NoDatabase` when there is nothing to read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from pydantic import BaseModel, ConfigDict
+
+from deployment.backend import Backend
+from deployment.settings import Settings
+from studies import queue
+from studies.db.models import FINISHED_STUDY, Study
+from studies.queue import RequeueResult
+from studies.results import TrialRow, stored_spec, study_summary, trial_row
+from studies.robustness import RobustnessSummary
+
+FINISHED_JOBS = ("done", "failed", "cancelled")
+
+
+class StudyInfo(BaseModel):
+    """A study as the commands show it: a subset of the REST service's `StudyOut`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int
+    name: str
+    status: str
+    priority: int
+    engine: str
+    cancel_requested: bool
+    created_at: datetime
+    finished_at: datetime | None
+    jobs: dict[str, int]  # jobs by state, every state present
+
+    @property
+    def cells(self) -> int:
+        return sum(self.jobs.values())
+
+    @property
+    def cells_finished(self) -> int:
+        return sum(self.jobs.get(state, 0) for state in FINISHED_JOBS)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STUDY
+
+
+class StudiesSource(Protocol):
+    def list_studies(self, status: str | None = None, limit: int = 50) -> list[StudyInfo]:
+        """Newest first."""
+        ...
+
+    def get(self, study_id: int) -> StudyInfo: ...
+
+    def cancel(self, study_id: int) -> StudyInfo:
+        """Cancel queued cells now (running ones stop at their next evaluation); the study after."""
+        ...
+
+    def delete(self, study_id: int) -> None:
+        """Delete the study, its cells and its Optuna study (Conflict while cells run)."""
+        ...
+
+    def requeue_failed(self, study_id: int) -> RequeueResult: ...
+
+    def summary(self, study_id: int, robust_level: float = 0.8) -> RobustnessSummary: ...
+
+    def trials(self, study_id: int) -> list[TrialRow]:
+        """One row per grid cell, in cell order."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None: ...
+
+
+class DatabaseSource:
+    """The database named by the settings, opened without creating anything (`NoDatabase` if it is
+    not there or holds no tables of ours at the current revision)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.backend = Backend(settings, create=False)
+        self.settings = settings
+
+    def _info(self, study: Study) -> StudyInfo:
+        return StudyInfo(
+            id=study.id,
+            name=study.name,
+            status=study.status,
+            priority=study.priority,
+            engine=study.engine,
+            cancel_requested=study.cancel_requested,
+            created_at=study.created_at,
+            finished_at=study.finished_at,
+            jobs=queue.job_counts(self.backend.factory, study.id),
+        )
+
+    def list_studies(self, status: str | None = None, limit: int = 50) -> list[StudyInfo]:
+        return [self._info(s) for s in queue.list_studies(self.backend.factory, status, 0, limit)]
+
+    def get(self, study_id: int) -> StudyInfo:
+        return self._info(queue.get_study(self.backend.factory, study_id))
+
+    def cancel(self, study_id: int) -> StudyInfo:
+        queue.cancel_study(self.backend.factory, study_id)
+        return self.get(study_id)
+
+    def delete(self, study_id: int) -> None:
+        self.backend.delete_study(study_id)
+
+    def requeue_failed(self, study_id: int) -> RequeueResult:
+        # each failed cell gets as many attempts as a freshly submitted one
+        return queue.requeue_failed(self.backend.factory, study_id, self.settings.max_attempts)
+
+    def summary(self, study_id: int, robust_level: float = 0.8) -> RobustnessSummary:
+        study = queue.get_study(self.backend.factory, study_id)
+        return study_summary(stored_spec(study), self._rows(study), robust_level=robust_level)
+
+    def trials(self, study_id: int) -> list[TrialRow]:
+        return self._rows(queue.get_study(self.backend.factory, study_id))
+
+    def _rows(self, study: Study) -> list[TrialRow]:
+        spec = stored_spec(study)
+        return [
+            trial_row(job, spec.success.metric, spec.selection)
+            for job in queue.list_jobs(self.backend.factory, study.id)
+        ]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
