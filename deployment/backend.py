@@ -90,6 +90,11 @@ class Backend(Database):
         create_optuna_study(self.storage, study.optuna_study_name, spec, submission.study_id)
         return submission
 
+    def requeue_failed(self, study_id: int) -> queue.RequeueResult:
+        """Queue a study's failed cells again, each with as many more attempts as a freshly
+        submitted cell gets (HDETACH_MAX_ATTEMPTS); see `queue.requeue_failed`."""
+        return queue.requeue_failed(self.factory, study_id, self.settings.max_attempts)
+
     def delete_study(self, study_id: int) -> None:
         """Delete a study, its jobs and its Optuna study (the queue refuses while jobs run)."""
         optuna_name = queue.delete_study(self.factory, study_id)

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hdetach.errors import EXIT_CODES_HELP, database_errors, fail, shown_url, validation_lines
+from hdetach.errors import EXIT_CODES_HELP, api_errors, database_errors, fail, shown_url, validation_lines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, epilog=EXIT_CODES_HELP)
 console = Console(stderr=True)
@@ -199,6 +199,21 @@ DatabaseUrl = Annotated[
 ]
 
 
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        help="the REST service's URL (e.g. http://head:8000): go through it instead of the database; "
+        "token from HDETACH_API_TOKEN",
+    ),
+]
+
+
+def one_source(database_url: str | None, api: str | None) -> None:
+    if database_url and api:
+        fail("give --api URL or --database-url URL, not both")
+
+
 def load_settings(database_url: str | None):
     """The settings (`--database-url` in place of HDETACH_DATABASE_URL if given); invalid ones end
     the command with one line per problem, naming the variable, and exit code 2."""
@@ -241,8 +256,9 @@ def submit(
         str | None, typer.Option(help="JSON merged into the preset, e.g. '{\"seeds\": [1]}'")
     ] = None,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
-    """Queue a study straight into the database (no API needed); prints its id."""
+    """Queue a study (straight into the database, or through the REST service with --api); prints its id."""
     from deployment.backend import Backend
     from studies.presets import preset_spec
 
@@ -259,6 +275,13 @@ def submit(
         fail(str(e.args[0]))
     except json.JSONDecodeError as e:
         fail(f"--overrides is not JSON: {e}")
+    if api is not None:
+        from hdetach.client import Client
+
+        one_source(database_url, api)
+        with api_errors(api), Client(api) as client:
+            typer.echo(client.submit(text).id)
+        return
     settings = load_settings(database_url)
     with database_errors(settings.database_url), Backend(settings) as backend:
         try:

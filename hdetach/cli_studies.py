@@ -19,12 +19,12 @@ from typing import Annotated
 import typer
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hdetach.cli import DatabaseUrl, app, load_settings
-from hdetach.errors import EXIT_CODES_HELP, EXIT_USAGE, database_errors, fail, refuse
-from hdetach.sources import DatabaseSource, StudiesSource, StudyInfo
+from hdetach.cli import ApiUrl, DatabaseUrl, app, load_settings, one_source
+from hdetach.errors import EXIT_CODES_HELP, EXIT_USAGE, api_errors, database_errors, fail, refuse
+from hdetach.progress import add_study, cells_progress, show_jobs
+from hdetach.sources import ApiSource, DatabaseSource, StudiesSource, StudyInfo
 from hdetach.summary_text import summary_lines, summary_table
 
 studies_app = typer.Typer(
@@ -37,8 +37,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 @contextmanager
-def studies_source(database_url: str | None) -> Iterator[StudiesSource]:
-    """The source the commands read (the database, opened without creating anything)."""
+def studies_source(database_url: str | None, api: str | None = None) -> Iterator[StudiesSource]:
+    """The source the commands read: the REST service with --api, else the database (opened
+    without creating anything)."""
+    one_source(database_url, api)
+    if api is not None:
+        with api_errors(api), ApiSource(api) as remote:
+            yield remote
+        return
     settings = load_settings(database_url)
     with database_errors(settings.database_url), DatabaseSource(settings) as source:
         yield source
@@ -72,13 +78,14 @@ def list_studies(
     limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many, newest first")] = 50,
     as_json: AsJson = False,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """Studies, newest first: id, name, state, cells finished of all, running and failed."""
     from studies.db.models import StudyStatus
 
     if status is not None and status not in set(StudyStatus):
         fail(f"--status: {status!r} is not one of {', '.join(StudyStatus)}")
-    with studies_source(database_url) as source:
+    with studies_source(database_url, api) as source:
         infos = source.list_studies(status, limit)
     if as_json:
         typer.echo(json.dumps([info.model_dump(mode="json") for info in infos]))
@@ -100,17 +107,21 @@ def list_studies(
 
 
 @studies_app.command("show")
-def show(study_id: StudyId, as_json: AsJson = False, database_url: DatabaseUrl = None) -> None:
+def show(
+    study_id: StudyId, as_json: AsJson = False, database_url: DatabaseUrl = None, api: ApiUrl = None
+) -> None:
     """A study's state and its cells counted by state."""
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         info = source.get(study_id)
     typer.echo(info.model_dump_json() if as_json else "\n".join(describe(info)))
 
 
 @app.command("status")
-def status(study_id: StudyId, as_json: AsJson = False, database_url: DatabaseUrl = None) -> None:
+def status(
+    study_id: StudyId, as_json: AsJson = False, database_url: DatabaseUrl = None, api: ApiUrl = None
+) -> None:
     """A study's state and its cells counted by state (the same as `hdetach studies show`)."""
-    show(study_id, as_json, database_url)
+    show(study_id, as_json, database_url, api)
 
 
 @studies_app.command("watch")
@@ -118,36 +129,22 @@ def watch(
     study_id: StudyId,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between looks at the study")] = 2.0,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """Follow a study live: a progress bar with the time left, and the robustness summary as cells
     finish. Ends when the study does (exit 0), or on Ctrl-C (exit 130; the study goes on)."""
     console = Console()
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         info = source.get(study_id)
         typer.echo(f"watching study {study_id} ({info.name}); Ctrl-C stops watching, not the study", err=True)
-        # a slow study finishes a cell every few minutes: estimate the rate over the last hour
-        progress = Progress(
-            TextColumn(f"[bold]study {study_id}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} cells"),
-            TextColumn("{task.fields[running]} running, {task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            speed_estimate_period=3600,
-        )
-        bar = progress.add_task("cells", total=info.cells, completed=info.cells_finished, running=0, failed=0)
+        progress = cells_progress(console)
+        bar = add_study(progress, study_id, info.jobs)
         summary = source.summary(study_id)
         shown_finished = info.cells_finished
         try:
             with Live(Group(progress, summary_table(summary.model_dump())), console=console) as live:
                 while True:
-                    progress.update(
-                        bar,
-                        completed=info.cells_finished,
-                        running=info.jobs.get("running", 0),
-                        failed=info.jobs.get("failed", 0),
-                    )
+                    show_jobs(progress, bar, info.jobs)
                     if info.cells_finished != shown_finished or info.finished:
                         summary, shown_finished = source.summary(study_id), info.cells_finished
                         live.update(Group(progress, summary_table(summary.model_dump())))
@@ -165,9 +162,9 @@ def watch(
 
 
 @studies_app.command("cancel")
-def cancel(study_id: StudyId, database_url: DatabaseUrl = None) -> None:
+def cancel(study_id: StudyId, database_url: DatabaseUrl = None, api: ApiUrl = None) -> None:
     """Cancel a study: its queued cells now, its running ones at their next evaluation."""
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         info = source.cancel(study_id)
     typer.echo("\n".join(describe(info)))
 
@@ -177,10 +174,11 @@ def delete(
     study_id: StudyId,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="delete without asking")] = False,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """Delete a study, its cells' results and its Optuna study (refused while cells run: cancel it
     first). Asks first unless --yes; without a terminal to ask on, --yes is required."""
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         info = source.get(study_id)
         if not yes:
             what = f"study {study_id} ({info.name})"
@@ -199,6 +197,7 @@ def requeue(
         bool, typer.Option("--failed", help="queue the failed cells again (required: the only kind requeued)")
     ] = False,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """Queue a study's failed cells again, each with HDETACH_MAX_ATTEMPTS more attempts; every claim
     of one is a new attempt with a new Optuna trial. Done cells (diverged ones included) keep their
@@ -206,7 +205,7 @@ def requeue(
     refused (exit 1)."""
     if not failed:
         fail("give --failed: only failed cells are queued again (done cells keep their results)")
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         result = source.requeue_failed(study_id)
     if result.requeued:
         typer.echo(f"study {study_id}: {result.requeued} failed cells queued again; study {result.status}")
@@ -220,12 +219,13 @@ def summary(
     robust_level: Annotated[float, typer.Option(help="success rate a robust lr needs, in (0, 1]")] = 0.8,
     as_json: Annotated[bool, typer.Option("--json", help="the JSON of GET /studies/{id}/summary")] = False,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """How robust each variant is to learning rate and seed, and how it compares with the baseline:
     the table and lines `hdetach demo` prints, from the cells as they stand."""
     if not 0 < robust_level <= 1:
         fail(f"--robust-level: {robust_level:g} is not in (0, 1]")
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         result = source.summary(study_id, robust_level)
     if as_json:
         typer.echo(result.model_dump_json())
@@ -248,6 +248,7 @@ def export(
     format: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.csv,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,
     database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
 ) -> None:
     """One row per grid cell: its variant, p_detach, lr, seed, state, attempts, metric and how it
     ended, then each model's test metrics as columns (the columns of GET /studies/{id}/trials.csv).
@@ -262,7 +263,7 @@ def export(
             import pyarrow.parquet as pq
         except ImportError:
             fail("--format parquet needs pyarrow, which is not installed (pip install pyarrow)")
-    with studies_source(database_url) as source, on_study(study_id):
+    with studies_source(database_url, api) as source, on_study(study_id):
         records = flat_trial_rows(source.trials(study_id))
     if format is ExportFormat.parquet:
         assert output is not None
@@ -279,3 +280,21 @@ def export(
         output.write_text(text, newline="")  # the CSV's own CRLF line ends, untranslated
     except OSError as error:
         fail(f"{output}: {error.strerror}", EXIT_USAGE)
+
+
+@app.command("report", epilog=EXIT_CODES_HELP)
+def report(
+    study_id: StudyId,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file to write")],
+    database_url: DatabaseUrl = None,
+    api: ApiUrl = None,
+) -> None:
+    """The study's report as one self-contained HTML file: tables, plots (SVG), the trials' CSV and
+    the summary's JSON all inlined, so it opens anywhere and can be mailed or archived."""
+    with studies_source(database_url, api) as source, on_study(study_id):
+        html = source.report_html(study_id)
+    try:
+        output.write_text(html, encoding="utf-8")
+    except OSError as error:
+        fail(f"{output}: {error.strerror}", EXIT_USAGE)
+    typer.echo(f"wrote {output} ({len(html.encode()) / 1024:.0f} kB)")

@@ -17,6 +17,7 @@ retried submission never queues a second study.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -31,7 +32,7 @@ import httpx
 from pydantic import BaseModel
 
 from service.problems import Problem
-from service.schemas import StudyCreated, StudyOut, StudyPage, TrialPage
+from service.schemas import Requeued, StudyCreated, StudyOut, StudyPage, TrialPage
 from studies.db.models import FINISHED_STUDY
 from studies.results import TrialRow, flat_trial_rows
 from studies.robustness import RobustnessSummary
@@ -162,15 +163,21 @@ class Client:
     def get(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._get(f"studies/{study_id}").json())
 
-    def studies(self, status: str | None = None) -> list[StudyOut]:
-        """Every study (newest first), `status` one of queued, running, done, cancelled, failed."""
-        return list(self._pages("studies", StudyPage, **({"status": status} if status else {})))
+    def studies(self, status: str | None = None, limit: int | None = None) -> list[StudyOut]:
+        """The studies, newest first (all of them, or the first `limit`); `status` one of queued,
+        running, done, cancelled, failed."""
+        pages = self._pages("studies", StudyPage, **({"status": status} if status else {}))
+        return list(itertools.islice(pages, limit))
 
     def cancel(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._send("POST", f"studies/{study_id}/cancel", safe=True).json())
 
     def delete(self, study_id: int) -> None:
         self._send("DELETE", f"studies/{study_id}", safe=False)
+
+    def requeue_failed(self, study_id: int) -> Requeued:
+        """Queue the study's failed cells again (see POST /studies/{id}/requeue)."""
+        return Requeued.model_validate(self._send("POST", f"studies/{study_id}/requeue", safe=False).json())
 
     def wait(
         self, study_id: int, *, progress: bool = True, interval: float = 2.0, timeout: float | None = None
@@ -180,10 +187,10 @@ class Client:
         from hdetach.progress import StudyProgress
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        with StudyProgress(enabled=progress) as bar:
+        with StudyProgress(study_id, enabled=progress) as bar:
             while True:
                 study = self.get(study_id)
-                bar.update(study.name, study.jobs)
+                bar.update(study.jobs)
                 if study.status in FINISHED_STUDY:
                     return study
                 if deadline is not None and time.monotonic() >= deadline:
@@ -208,11 +215,14 @@ class Client:
             return records
         return pandas.DataFrame.from_records(records)
 
+    def report_html(self, study_id: int) -> str:
+        """The study's report as one self-contained HTML page (plots, CSV and JSON inlined)."""
+        return self._get(f"studies/{study_id}/report", standalone="true").text
+
     def report(self, study_id: int, path: str | Path) -> Path:
         """Save the study's report as one self-contained HTML file (plots, CSV and JSON inlined)."""
-        html = self._get(f"studies/{study_id}/report", standalone="true").content
         target = Path(path)
-        target.write_bytes(html)
+        target.write_text(self.report_html(study_id), encoding="utf-8")
         return target
 
 
@@ -244,6 +254,9 @@ class Study:
 
     def delete(self) -> None:
         self.client.delete(self.id)
+
+    def requeue_failed(self) -> Requeued:
+        return self.client.requeue_failed(self.id)
 
     def report(self, path: str | Path) -> Path:
         return self.client.report(self.id, path)

@@ -9,15 +9,16 @@ invalid spec or settings) and an exit code that says whose move it is. The codes
     6  the database is unreachable (not running, wrong host or port, refused the login)
     7  no database there: a SQLite file that does not exist, or a database without our tables
        (or with older ones): `hdetach db upgrade` creates or migrates it
+    8  (--api) the REST service is unreachable, refuses the token (HDETACH_API_TOKEN), or fails
 
 A supervisor restarts a worker that exits 6 (the database may come back), never one that exits 2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -26,11 +27,13 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_DATABASE_UNREACHABLE = 6  # the same code as workers.worker's (not imported here: torch)
 EXIT_NO_DATABASE = 7
+EXIT_API = 8  # --api: the service is unreachable, refuses the token, or fails
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 the study refuses (no such id, or not in a state for that); 2 bad "
     "arguments, spec or settings; 6 the database is unreachable; 7 no database there, or one "
-    "without our tables (run `hdetach db upgrade`)."
+    "without our tables (run `hdetach db upgrade`); 8 (with --api) the service is unreachable, "
+    "refuses the token (HDETACH_API_TOKEN) or fails."
 )
 
 
@@ -58,8 +61,14 @@ def validation_lines(error: ValidationError, prefix: str = "") -> str:
     """Every error of a validation, one per line, each naming its field (a rule across fields names
     none). A union's branches are not fields: `learning_rates.list[...].0` is `learning_rates.0`,
     and the branches the value's type rules out are left out while another says what is wrong."""
+    return field_lines(error.errors(include_url=False), prefix)
+
+
+def field_lines(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> str:
+    """`validation_lines` of pydantic's error records (`loc`, `type`, `msg`): from a ValidationError
+    here, or from the `errors` of the API's 422, whose `loc` starts with "body"."""
     found = []
-    for item in error.errors(include_url=False):
+    for item in errors:
         where = ".".join(str(p) for p in item["loc"] if isinstance(p, int) or "[" not in p)
         found.append((where, item["type"], item["msg"].removeprefix("Value error, ")))
     lines: list[str] = []
@@ -97,3 +106,34 @@ def database_errors(url: str) -> Iterator[None]:
             f"database {shown_url(url)} unreachable: {reason} (check the server and HDETACH_DATABASE_URL)",
             EXIT_DATABASE_UNREACHABLE,
         )
+
+
+@contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """With --api: what the service answers that is not about a study (an unknown study or a
+    refused state reach the command as NotFound and Conflict, as from the database) as one line:
+    an invalid spec one line per field (exit 2), the rest exit 8."""
+    import httpx
+
+    from hdetach.client import ApiError
+
+    try:
+        yield
+    except httpx.TransportError as error:
+        fail(f"API {url} unreachable: {one_line(error) or type(error).__name__} (check --api)", EXIT_API)
+    except ApiError as error:
+        problem = error.problem
+        if problem.status in (401, 403):
+            fail(f"API {url} refused the request ({problem.detail}): set HDETACH_API_TOKEN", EXIT_API)
+        if problem.status == 422 and problem.errors:
+            records = [
+                {**e.model_dump(), "loc": e.loc[1:] if e.loc[:1] == ["body"] else e.loc}
+                for e in problem.errors
+            ]
+            fail(field_lines(records, prefix="invalid spec: "))
+        if problem.status < 500:
+            fail(
+                f"API {url}: {one_line(problem.detail)}",
+                EXIT_REFUSED if problem.status in (404, 409) else EXIT_USAGE,
+            )
+        fail(f"API {url} failed: {problem.status} {problem.title}: {one_line(problem.detail)}", EXIT_API)

@@ -1,8 +1,9 @@
 """Where the `hdetach studies ...` commands get their data: a `StudiesSource`. The commands only
 format what a source returns, so every source prints the same.
 
-`DatabaseSource` reads and writes the database directly (as `hdetach submit` does); a source over
-the REST API answers with the same models, which are what its routes return: `StudyInfo` holds the
+`DatabaseSource` reads and writes the database directly (as `hdetach submit` does); `ApiSource`
+(`--api URL`) goes through the REST API's Python client and answers with the same models, which
+are what its routes return: `StudyInfo` holds the
 fields of `GET /studies/{id}` it needs, `RobustnessSummary` is `/summary`'s body and `TrialRow`
 `/trials`'s items. A source raises the core's errors: `NotFound` for an unknown id (a 404),
 `Conflict` when the study's state refuses (a 409), `NoDatabase` when there is nothing to read.
@@ -10,6 +11,8 @@ fields of `GET /studies/{id}` it needs, `RobustnessSummary` is `/summary`'s body
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
@@ -19,12 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from deployment.backend import Backend
 from deployment.settings import Settings
 from studies import queue
-from studies.db.models import FINISHED_STUDY, Study
+from studies.db.models import FINISHED_STUDY, Study, StudyStatus, cells_finished
+from studies.exceptions import Conflict, NotFound
 from studies.queue import RequeueResult
 from studies.results import TrialRow, stored_spec, study_summary, trial_row
 from studies.robustness import RobustnessSummary
-
-FINISHED_JOBS = ("done", "failed", "cancelled")
 
 
 class StudyInfo(BaseModel):
@@ -48,7 +50,7 @@ class StudyInfo(BaseModel):
 
     @property
     def cells_finished(self) -> int:
-        return sum(self.jobs.get(state, 0) for state in FINISHED_JOBS)
+        return cells_finished(self.jobs)
 
     @property
     def finished(self) -> bool:
@@ -76,6 +78,10 @@ class StudiesSource(Protocol):
 
     def trials(self, study_id: int) -> list[TrialRow]:
         """One row per grid cell, in cell order."""
+        ...
+
+    def report_html(self, study_id: int) -> str:
+        """The study's report as one self-contained HTML file (plots, CSV and JSON inlined)."""
         ...
 
     def close(self) -> None: ...
@@ -120,8 +126,7 @@ class DatabaseSource:
         self.backend.delete_study(study_id)
 
     def requeue_failed(self, study_id: int) -> RequeueResult:
-        # each failed cell gets as many attempts as a freshly submitted one
-        return queue.requeue_failed(self.backend.factory, study_id, self.settings.max_attempts)
+        return self.backend.requeue_failed(study_id)
 
     def summary(self, study_id: int, robust_level: float = 0.8) -> RobustnessSummary:
         study = queue.get_study(self.backend.factory, study_id)
@@ -129,6 +134,11 @@ class DatabaseSource:
 
     def trials(self, study_id: int) -> list[TrialRow]:
         return self._rows(queue.get_study(self.backend.factory, study_id))
+
+    def report_html(self, study_id: int) -> str:
+        from service.report import standalone_report
+
+        return standalone_report(self.backend, study_id)
 
     def _rows(self, study: Study) -> list[TrialRow]:
         spec = stored_spec(study)
@@ -139,6 +149,71 @@ class DatabaseSource:
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class ApiSource:
+    """The REST API at `url` through `hdetach.client.Client` (token: $HDETACH_API_TOKEN). Its 404 and
+    409 answers become NotFound and Conflict, as the database's would; the rest stay `ApiError`."""
+
+    def __init__(self, url: str) -> None:
+        from hdetach.client import Client
+
+        self.client = Client(url)
+
+    @contextmanager
+    def _as_core_errors(self) -> Iterator[None]:
+        from hdetach.client import ApiError
+
+        try:
+            yield
+        except ApiError as error:
+            if error.status == 404:
+                raise NotFound(error.problem.detail) from None
+            if error.status == 409:
+                raise Conflict(error.problem.detail) from None
+            raise
+
+    def list_studies(self, status: str | None = None, limit: int = 50) -> list[StudyInfo]:
+        with self._as_core_errors():
+            return [StudyInfo.model_validate(s.model_dump()) for s in self.client.studies(status, limit)]
+
+    def get(self, study_id: int) -> StudyInfo:
+        with self._as_core_errors():
+            return StudyInfo.model_validate(self.client.get(study_id).model_dump())
+
+    def cancel(self, study_id: int) -> StudyInfo:
+        with self._as_core_errors():
+            return StudyInfo.model_validate(self.client.cancel(study_id).model_dump())
+
+    def delete(self, study_id: int) -> None:
+        with self._as_core_errors():
+            self.client.delete(study_id)
+
+    def requeue_failed(self, study_id: int) -> RequeueResult:
+        with self._as_core_errors():
+            answer = self.client.requeue_failed(study_id)
+        return RequeueResult(answer.study_id, StudyStatus(answer.status), answer.requeued)
+
+    def summary(self, study_id: int, robust_level: float = 0.8) -> RobustnessSummary:
+        with self._as_core_errors():
+            return self.client.summary(study_id, robust_level)
+
+    def trials(self, study_id: int) -> list[TrialRow]:
+        with self._as_core_errors():
+            return self.client.trial_rows(study_id)
+
+    def report_html(self, study_id: int) -> str:
+        with self._as_core_errors():
+            return self.client.report_html(study_id)
+
+    def close(self) -> None:
+        self.client.close()
 
     def __enter__(self) -> Self:
         return self

@@ -8,6 +8,7 @@ __all__ = [
     "Links",
     "Page",
     "Problem",
+    "Requeued",
     "StudyCreated",
     "StudyOut",
     "StudyPage",
@@ -75,6 +76,12 @@ class StudyPage(Page):
 
 class TrialPage(Page):
     items: list[TrialRow] = Field(description="one row per grid cell, in cell order")
+
+
+class Requeued(BaseModel):
+    study_id: int
+    status: str = Field(description="the study's state after: running when cells were queued again")
+    requeued: int = Field(description="failed cells queued again")
 
 
 class Curve(BaseModel):

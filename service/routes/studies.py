@@ -27,16 +27,14 @@ from service.deps import (
     submit_spec,
     summary_entry,
 )
-from service.schemas import Curve, Problem, StudyCreated, StudyOut, StudyPage, TrialPage
+from service.schemas import Curve, Problem, Requeued, StudyCreated, StudyOut, StudyPage, TrialPage
 from studies import queue
-from studies.db.models import Study, StudyStatus
+from studies.db.models import Study, StudyStatus, cells_finished
 from studies.results import CurvePoint, curve_points, job_result, trial_row
 from studies.robustness import RobustnessSummary
 from studies.tracking import intermediate_values
 
 router = APIRouter(prefix="/studies", tags=["studies"])
-
-FINISHED = ("done", "failed", "cancelled")
 
 EXAMPLE_SPEC = {
     "name": "copy-T20-small",
@@ -64,7 +62,7 @@ def study_out(backend: BackendDep, study: Study) -> StudyOut:
         created_at=study.created_at,
         finished_at=study.finished_at,
         jobs=counts,
-        progress=sum(counts[s] for s in FINISHED) / total if total else 1.0,
+        progress=cells_finished(counts) / total if total else 1.0,
         spec=json.loads(study.spec_json),
         links=links(study.id),
     )
@@ -120,6 +118,20 @@ def cancel_study(backend: BackendDep, study_id: StudyId) -> StudyOut:
     """Cancel queued cells now; running ones stop at their next evaluation."""
     queue.cancel_study(backend.factory, study_id)
     return study_out(backend, queue.get_study(backend.factory, study_id))
+
+
+@router.post(
+    "/{study_id}/requeue",
+    response_model=Requeued,
+    dependencies=[WriteAccess],
+    responses={**NOT_FOUND, **AUTH, 409: {"model": Problem, "description": "the study is cancelled"}},
+)
+def requeue_failed(backend: BackendDep, study_id: StudyId) -> Requeued:
+    """Queue the study's failed cells again, each with HDETACH_MAX_ATTEMPTS more attempts (every
+    claim a new attempt and Optuna trial); done cells, diverged ones included, keep their results.
+    A finished study runs again; with no failed cell nothing changes."""
+    result = backend.requeue_failed(study_id)
+    return Requeued(study_id=result.study_id, status=result.status, requeued=result.requeued)
 
 
 @router.delete(

@@ -6,6 +6,7 @@ Times are timezone-aware UTC datetimes in Python; `UTCDateTime` normalises what 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -54,6 +55,15 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+# a job in one of these states is finished with (a requeue may still start it again)
+FINISHED_JOB = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+def cells_finished(jobs_by_state: Mapping[str, int]) -> int:
+    """How many of a study's jobs, counted by state, are finished."""
+    return sum(n for state, n in jobs_by_state.items() if state in FINISHED_JOB)
 
 
 class ExecutorKind(StrEnum):
