@@ -100,17 +100,9 @@ class DatabaseSource:
         self.settings = settings
 
     def _info(self, study: Study) -> StudyInfo:
-        return StudyInfo(
-            id=study.id,
-            name=study.name,
-            status=study.status,
-            priority=study.priority,
-            engine=study.engine,
-            cancel_requested=study.cancel_requested,
-            created_at=study.created_at,
-            finished_at=study.finished_at,
-            jobs=queue.job_counts(self.backend.factory, study.id),
-        )
+        # StudyInfo's fields are the study row's own, but for the jobs counted by state
+        row = {name: getattr(study, name) for name in StudyInfo.model_fields if name != "jobs"}
+        return StudyInfo(**row, jobs=queue.job_counts(self.backend.factory, study.id))
 
     def list_studies(self, status: str | None = None, limit: int = 50) -> list[StudyInfo]:
         return [self._info(s) for s in queue.list_studies(self.backend.factory, status, 0, limit)]
