@@ -1,8 +1,9 @@
 """Optuna's storage as the study's logbook, so `optuna-dashboard` shows every study.
 
-One robustness study is one Optuna study (in the same database as our own tables); every attempt
-at a grid cell is one Optuna trial with params variant, p_detach, lr and seed, the validation
-metric as intermediate values, and the outcome as user attributes. A cell's recorded result is
+One robustness study is one Optuna study (in the same database as our own tables), its objective
+named after the spec's metric; every attempt at a grid cell is one Optuna trial with params
+variant, p_detach and lr (log scale), the validation metric as intermediate values, and the seed
+and the outcome as flat user attributes (numbers and strings). A cell's recorded result is
 the single trial with user attribute ``recorded`` set: a completed trial, or a FAIL trial whose
 ``outcome`` is "diverged". Attempts that did not record (a killed worker, a release) are FAIL
 trials without it. Optuna's pruners are never consulted: in a robustness grid a bad cell is data.
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import event
@@ -55,24 +56,41 @@ def direction(spec: StudySpec) -> optuna.study.StudyDirection:
     return optuna.study.StudyDirection.MAXIMIZE if maximize else optuna.study.StudyDirection.MINIMIZE
 
 
+# where `Study.set_metric_names` keeps the objectives' names, and optuna-dashboard reads them (its
+# `SYSTEM_ATTR_METRIC_NAMES`); written through the storage, since `set_metric_names` is still
+# experimental (a warning per call) and needs a loaded Study
+METRIC_NAMES_ATTR = "study:metric_names"
+
+
+def objective_name(spec: StudySpec) -> str:
+    """What a trial's value is: the test metric of the model the spec's selection names."""
+    name = f"test_{spec.success.metric}"
+    return name if spec.selection == "final" else f"{name} at best validation"
+
+
 def create_optuna_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int) -> int:
     """Register a study (idempotent: an existing study of that name is reused)."""
     try:
         optuna_id = storage.create_new_study([direction(spec)], name)
     except optuna.exceptions.DuplicatedStudyError:
         return storage.get_study_id_from_name(name)
+    storage.set_study_system_attr(optuna_id, METRIC_NAMES_ATTR, [objective_name(spec)])
     storage.set_study_user_attr(optuna_id, "hdetach_study_id", study_id)
     storage.set_study_user_attr(optuna_id, "grid_size", spec.grid_size)
     storage.set_study_user_attr(optuna_id, "task", spec.task.model_dump(exclude_none=True))
     return optuna_id
 
 
-def _distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
+def _distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The hyperparameters, as the dashboard should plot them. The seed is not one: it is the
+    repetition a robustness study averages over, so it is a user attribute (as a param, the
+    dashboard's importance panel ranked it next to the learning rate)."""
+    lrs = spec.lr_values()  # all > 0 (the spec's rule), as a log scale needs
     return {
         "variant": CategoricalDistribution([v.name for v in spec.variants]),
-        "p_detach": CategoricalDistribution(sorted({v.p_detach for v in spec.variants})),
-        "lr": CategoricalDistribution(spec.lr_values()),
-        "seed": CategoricalDistribution(list(spec.seeds)),
+        # p's whole domain, so that every study's plots share one axis
+        "p_detach": FloatDistribution(0.0, 1.0),
+        "lr": FloatDistribution(min(lrs), max(lrs), log=True),
     }
 
 
@@ -81,7 +99,7 @@ def _new_trial(spec: StudySpec, cell: GridCell, attrs: Mapping[str, Any]) -> opt
     return optuna_rows.NewTrial(
         params={name: getattr(cell, name) for name in distributions},
         distributions=distributions,
-        user_attrs={"cell": cell.index, **attrs},
+        user_attrs={"cell": cell.index, "seed": cell.seed, **attrs},
     )
 
 
@@ -148,10 +166,26 @@ def report_values(storage: RDBStorage, values: Iterable[tuple[int, int, float]])
             storage.set_trial_intermediate_value(trial_id, step, value)
 
 
-_OUTCOME_KEYS = (
-    "status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "final", "best_val",
-    "best_val_step", "transfer", "best_val_transfer", "data", "device",
+_OUTCOME_SCALARS = (
+    "status", "diverged_at", "steps_to_threshold", "steps_run", "wall_time_s", "best_val_step", "data",
+    "device",
 )  # fmt: skip
+
+
+def outcome_attrs(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's result as flat user attributes, each a number or a string, so the dashboard lists,
+    filters and sorts them: test metrics as ``final_accuracy``, ``best_val_mse``, transfer ones as
+    ``transfer_T200_accuracy``, ``best_val_transfer_T200_accuracy``. A missing value (None, or no
+    data description) is left out rather than shown as null."""
+    attrs = {key: result[key] for key in _OUTCOME_SCALARS if result.get(key) not in (None, "")}
+    for model in ("final", "best_val"):
+        for metric, value in (result.get(model) or {}).items():
+            attrs[f"{model}_{metric}"] = value
+    for key in ("transfer", "best_val_transfer"):
+        for T, metrics in (result.get(key) or {}).items():
+            for metric, value in metrics.items():
+                attrs[f"{key}_T{T}_{metric}"] = value
+    return attrs
 
 
 def result_closing(
@@ -160,7 +194,7 @@ def result_closing(
     """How the trial that recorded a cell's result ends: COMPLETE with the metric of the model the
     spec's selection names (the final one, or the best-validation one: "best_val"), or FAIL
     (diverged, or no finite value), with the outcome as user attrs."""
-    attrs = {key: result[key] for key in _OUTCOME_KEYS if key in result} | {"recorded": True}
+    attrs = outcome_attrs(result) | {"recorded": True}
     value = (result.get("best_val" if selection == "best_val" else "final") or {}).get(metric)
     if result.get("status") == "diverged" or value is None or not math.isfinite(value):
         attrs["outcome"] = "diverged" if result.get("status") == "diverged" else "no value"

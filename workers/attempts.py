@@ -138,6 +138,8 @@ class PackAttempt:
                     "attempt": job.attempt,
                     "worker": self.worker_id,
                     "device": self.device,
+                    # the trials it trained beside, sharing each step's time (its wall_time_s)
+                    "pack_size": len(self.jobs),
                     "job_id": job.job_id,
                     "lease": lease_tag(job.lease_token),
                 },

@@ -25,6 +25,9 @@ class TrialRecord:
     diverged_at: int | None = None
     steps_to_threshold: int | None = None
     steps_run: int = 0
+    # seconds the pack trained and evaluated while this trial was in it (until it diverged,
+    # succeeded or was stopped, or the budget ran out; the final test not included): in a pack,
+    # time shared with the trials beside it
     wall_time_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,9 +40,13 @@ def test_optuna_dashboard_lists_the_study_its_trials_params_and_curves(server):
         detail = httpx.get(f"{base}/api/studies/{match[0]['study_id']}", timeout=30).json()
         trials = detail["trials"]
         assert len(trials) == 8 and {t["state"] for t in trials} == {"Complete"}
-        params = {p["name"] for p in trials[0]["params"]}
-        assert params == {"variant", "p_detach", "lr", "seed"}
+        params = {p["name"]: p for p in trials[0]["params"]}
+        assert params.keys() == {"variant", "p_detach", "lr"}  # the seed is a user attr
+        assert params["lr"]["distribution"]["log"] is True
+        attrs = {a["key"]: a["value"] for a in trials[0]["user_attrs"]}
+        assert {"seed", "pack_size", "wall_time_s"} <= attrs.keys() and "final" not in attrs
         assert [v["step"] for v in trials[0]["intermediate_values"]] == [3, 6, 9]
+        assert detail["objective_names"] == [f"test_{SPEC['success']['metric']}"]
     finally:
         stop(dashboard)
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from studies import optuna_rows
@@ -16,6 +17,7 @@ from studies.tracking import (
     abandon_closing,
     close_trials,
     create_optuna_study,
+    objective_name,
     open_storage,
     report_values,
     result_closing,
@@ -57,8 +59,21 @@ def _write_a_pack(storage, study_name: str) -> list[int]:
     )
     report_values(storage, [(ids[0], 5, 0.25), (ids[1], 5, 0.5), (ids[2], 5, float("nan"))])
     report_values(storage, [(ids[0], 10, 0.75), (ids[0], 5, 0.3)])  # a step again: the later value stands
-    result = {"status": "completed", "final": {"accuracy": 0.8}, "steps_run": 10, "device": "cuda:1"}
-    diverged = {"status": "diverged", "diverged_at": 3, "final": {}}
+    result = {
+        "status": "completed",
+        "final": {"accuracy": 0.8, "loss": 0.5},
+        "best_val": {"accuracy": 0.85, "loss": 0.4},
+        "best_val_step": 5,
+        "transfer": {"10": {"accuracy": 0.7}},
+        "best_val_transfer": {"10": {"accuracy": 0.75}},
+        "diverged_at": None,
+        "steps_to_threshold": None,
+        "steps_run": 10,
+        "wall_time_s": 1.5,
+        "data": "copying T=5",
+        "device": "cuda:1",
+    }
+    diverged = {"status": "diverged", "diverged_at": 3, "final": {}, "best_val": {}, "data": ""}
     closed = close_trials(
         storage,
         [
@@ -103,6 +118,9 @@ def test_batched_rows_read_back_as_optunas_own_writes(database_url, far_timezone
     assert [t.state for t in ours] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
     assert ours[0].intermediate_values == {5: 0.3, 10: 0.75} and ours[0].value == 0.8
     assert ours[0].user_attrs["device"] == "cuda:1"  # the outcome's device overwrote the start's
+    # both studies name their objective
+    for name in ("batched", "api"):
+        assert optuna.load_study(study_name=name, storage=reader).metric_names == ["test_accuracy"]
     for trial in ours:  # local time, as Optuna shows it (a UTC mix-up is 5.5 hours off)
         assert before <= trial.datetime_start <= trial.datetime_complete <= after
     # the study's best trial and its dashboard view come from these rows
@@ -110,6 +128,86 @@ def test_batched_rows_read_back_as_optunas_own_writes(database_url, far_timezone
     assert study.best_trial.number == 0 and study.best_value == 0.8
     reader.engine.dispose()
     for storage in (batched, through_api):
+        storage.engine.dispose()
+
+
+def _is_flat(value) -> bool:
+    return isinstance(value, str | int | float) and value not in ("", "null")
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "api"])
+def test_records_read_well_on_the_dashboard(tmp_path, batched):
+    """lr on a log scale over the spec's range, p_detach a float, the seed an attribute (not a
+    param the importance panel would rank), flat attributes (no dicts, no nulls), a named objective."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    if not batched:
+        optuna_rows.disable(storage)
+    _write_a_pack(storage, "records")
+    study = optuna.load_study(study_name="records", storage=storage)
+    assert study.metric_names == ["test_accuracy"]
+    completed, diverged, abandoned = study.trials
+    for trial, cell in zip(study.trials, SPEC.cells()[:3], strict=True):
+        assert trial.distributions == {
+            "variant": CategoricalDistribution(["vanilla", "h-detach"]),
+            "p_detach": FloatDistribution(0.0, 1.0),
+            "lr": FloatDistribution(1e-3, 1e-2, log=True),
+        }
+        assert trial.params == {"variant": cell.variant, "p_detach": cell.p_detach, "lr": cell.lr}
+        assert trial.user_attrs["seed"] == cell.seed and trial.user_attrs["cell"] == cell.index
+        assert all(_is_flat(v) for k, v in trial.user_attrs.items() if k != "recorded"), trial.user_attrs
+    assert {
+        k: v for k, v in completed.user_attrs.items() if k not in ("seed", "cell", "attempt", "job_id")
+    } == {
+        "status": "completed",
+        "outcome": "completed",
+        "recorded": True,
+        "final_accuracy": 0.8,
+        "final_loss": 0.5,
+        "best_val_accuracy": 0.85,
+        "best_val_loss": 0.4,
+        "best_val_step": 5,
+        "transfer_T10_accuracy": 0.7,
+        "best_val_transfer_T10_accuracy": 0.75,
+        "steps_run": 10,
+        "wall_time_s": 1.5,
+        "data": "copying T=5",
+        "device": "cuda:1",
+    }
+    # a diverged trial: no metrics, no null steps-to-threshold, no empty data description
+    assert diverged.state == TrialState.FAIL and diverged.user_attrs["diverged_at"] == 3
+    assert not {"steps_to_threshold", "data"} & diverged.user_attrs.keys()
+    assert not [k for k in diverged.user_attrs if k.startswith(("final_", "best_val_"))]
+    assert abandoned.user_attrs["outcome"] == "lease expired"
+    storage.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("learning_rates", "low", "high", "selection", "objective"),
+    [
+        ([0.1], 0.1, 0.1, "final", "test_accuracy"),
+        ({"low": 1e-4, "high": 1e-1, "num": 4}, 1e-4, 1e-1, "best_val", "test_accuracy at best validation"),
+    ],
+    ids=["one-lr", "range"],
+)
+def test_a_single_lr_or_a_range_is_a_valid_log_scale(
+    tmp_path, learning_rates, low, high, selection, objective
+):
+    spec = StudySpec.model_validate(
+        {**SPEC.model_dump(), "learning_rates": learning_rates, "selection": selection}
+    )
+    assert objective_name(spec) == objective
+    for batched in (True, False):
+        storage = open_storage(f"sqlite:///{tmp_path / f'{batched}.db'}")
+        if not batched:
+            optuna_rows.disable(storage)
+        create_optuna_study(storage, "lrs", spec, 1)
+        start_trials(storage, "lrs", spec, [(cell, {}) for cell in spec.cells()])
+        study = optuna.load_study(study_name="lrs", storage=storage)
+        assert study.metric_names == [objective]
+        lr = study.trials[0].distributions["lr"]
+        assert isinstance(lr, FloatDistribution) and lr.log
+        assert lr.low == pytest.approx(low) and lr.high == pytest.approx(high)
+        assert sorted({t.params["lr"] for t in study.trials}) == spec.lr_values()
         storage.engine.dispose()
 
 

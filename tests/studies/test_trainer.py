@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -82,6 +84,21 @@ def test_divergence_is_an_outcome_and_the_rest_of_the_pack_goes_on():
     alone = PackTrainer(SMALL, [TRIALS[0]]).run()[0]
     assert all(math.isfinite(v) for v in healthy.final.values())
     assert _close(alone.final, healthy.final, 1e-5)
+
+
+def test_each_trial_is_timed_only_while_it_trains(monkeypatch):
+    """A trial's wall_time_s is its own: a pack-mate that diverged early stops counting then."""
+    import studies.training.trainer as trainer_module
+
+    clock = itertools.count()  # one second per reading: a step or an evaluation takes 1 s
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    trials = [TRIALS[0], TrialParams(variant="vanilla", p_detach=0.0, lr=1e38, seed=4, clip_norm=None)]
+    healthy, diverged = PackTrainer(SMALL, trials).run()
+    evaluations = SMALL.budget.steps // SMALL.budget.eval_every
+    assert healthy.wall_time_s == SMALL.budget.steps + evaluations
+    assert diverged.status == "diverged"
+    # the steps it ran and the evaluations it was part of, nothing after
+    assert diverged.wall_time_s == diverged.steps_run + len(diverged.curve) < healthy.wall_time_s
 
 
 def test_steps_to_threshold_and_stop_on_success():

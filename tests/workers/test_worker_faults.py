@@ -47,7 +47,7 @@ def assert_each_cell_recorded_once(url: str, factory, study_id: int, attempts: i
     by_cell = {t.user_attrs["cell"]: t for t in trials if t.user_attrs.get("recorded")}
     for job in jobs:  # the recorded trial is the one the job points at, with the job's own params
         trial = by_cell[job.cell_index]
-        assert (trial.params["lr"], trial.params["seed"], trial.user_attrs["job_id"]) == (
+        assert (trial.params["lr"], trial.user_attrs["seed"], trial.user_attrs["job_id"]) == (
             job.lr,
             job.seed,
             job.id,
