@@ -264,23 +264,35 @@ def submit(
 
     if (spec_file is None) == (preset is None):
         fail("give a spec file or --preset NAME (one of them)")
-    if spec_file is not None and not spec_file.is_file():
-        fail(f"{spec_file}: no such file")
-    try:
-        if spec_file is not None:
-            text = spec_file.read_text()
-        else:
-            text = json.dumps(preset_spec(str(preset), json.loads(overrides or "{}")))
-    except KeyError as e:
-        fail(str(e.args[0]))
-    except json.JSONDecodeError as e:
-        fail(f"--overrides is not JSON: {e}")
+    if spec_file is not None:
+        if not spec_file.is_file():
+            fail(f"{spec_file}: {'a directory, not a file' if spec_file.is_dir() else 'no such file'}")
+        try:
+            text = spec_file.read_text(encoding="utf-8")
+            json.loads(text)  # checked here, so both ways of submitting say the same
+        except UnicodeDecodeError as e:
+            fail(f"{spec_file}: not UTF-8 text ({e.reason} at byte {e.start})")
+        except OSError as e:
+            fail(f"{spec_file}: {e.strerror}")
+        except ValueError as e:
+            fail(f"{spec_file}: not JSON: {e}")
+    else:
+        try:
+            changes = json.loads(overrides or "{}")
+        except ValueError as e:
+            fail(f"--overrides is not JSON: {e}")
+        if not isinstance(changes, dict):
+            fail("--overrides must be a JSON object, e.g. '{\"seeds\": [1, 2]}'")
+        try:
+            text = json.dumps(preset_spec(str(preset), changes))
+        except KeyError as e:
+            fail(str(e.args[0]))
     if api is not None:
-        from hdetach.client import Client
+        from hdetach.sources import ApiSource
 
         one_source(database_url, api)
-        with api_errors(api), Client(api) as client:
-            typer.echo(client.submit(text).id)
+        with api_errors(api), ApiSource(api) as remote:
+            typer.echo(remote.submit(text))
         return
     settings = load_settings(database_url)
     with database_errors(settings.database_url), Backend(settings) as backend:

@@ -226,6 +226,13 @@ def serve(
     database_url: DatabaseUrl = None,
     host: Annotated[str | None, typer.Option(help="bind address (default HDETACH_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default HDETACH_PORT)")] = None,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            help="the path prefix a reverse proxy serves the API under (e.g. /hdetach), which it "
+            "strips before passing requests on: Location headers and /docs then carry it"
+        ),
+    ] = "",
 ) -> None:
     """Serve the REST API with uvicorn. Refuses (exit 2) API tokens that are not printable ASCII and,
     with HDETACH_ENVIRONMENT=production, the placeholder token or none; creates or migrates the
@@ -248,4 +255,5 @@ def serve(
         port=port or settings.port,
         log_level="info",
         access_log=True,
+        root_path=root_path.rstrip("/"),
     )

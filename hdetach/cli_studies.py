@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import TypeAdapter
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -32,7 +33,7 @@ studies_app = typer.Typer(
 )
 app.add_typer(studies_app, name="studies")
 
-StudyId = Annotated[int, typer.Argument(min=1, help="study id")]
+StudyId = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="study id")]  # ids are 32-bit
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
@@ -88,7 +89,7 @@ def list_studies(
     with studies_source(database_url, api) as source:
         infos = source.list_studies(status, limit)
     if as_json:
-        typer.echo(json.dumps([info.model_dump(mode="json") for info in infos]))
+        typer.echo(TypeAdapter(list[StudyInfo]).dump_json(infos).decode())  # as `show --json` writes one
         return
     table = Table(title="studies")
     for column in ("id", "name", "status", "finished", "running", "failed", "created"):

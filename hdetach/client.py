@@ -55,6 +55,14 @@ class ApiError(RuntimeError):
         return self.problem.status
 
 
+class BadClientSetting(ValueError):
+    """The client cannot be set up as given (a token that cannot travel in a header)."""
+
+
+class NotTheService(RuntimeError):
+    """The URL answers, but not as an hdetach-studies service (a wrong port or path, say)."""
+
+
 def _problem(response: httpx.Response) -> Problem:
     try:
         return Problem.model_validate(response.json())
@@ -63,14 +71,17 @@ def _problem(response: httpx.Response) -> Problem:
         return Problem(title=phrase, status=response.status_code, detail=response.text[:200] or phrase)
 
 
-def _spec_json(spec: SpecInput) -> Any:
+def _spec_body(spec: SpecInput) -> bytes:
+    """The spec as the request body, sent as it is: the service, not this client, says what is
+    wrong with it (NaN or Infinity go as JavaScript's literals, which its parser reads and its
+    validators refuse, naming the field)."""
     if isinstance(spec, BaseModel):
-        return spec.model_dump(mode="json")
+        return spec.model_dump_json().encode()
     if isinstance(spec, Path):
-        return json.loads(spec.read_text())
+        return spec.read_bytes()
     if isinstance(spec, str):
-        return json.loads(spec)
-    return dict(spec)
+        return spec.encode()
+    return json.dumps(dict(spec)).encode()
 
 
 class Client:
@@ -89,6 +100,10 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ):
         token = token if token is not None else os.environ.get(TOKEN_ENV)
+        # tokens are printable ASCII (see deployment.settings); anything else cannot be one, and
+        # the message must not repeat it
+        if token and not all("!" <= c <= "~" for c in token):
+            raise BadClientSetting(f"the API token (${TOKEN_ENV} or token=) is not printable ASCII")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/") + "/"
         self.retries = retries
@@ -131,6 +146,16 @@ class Client:
             yield from page.items
             url = urljoin(url, page.next) if page.next else None
 
+    def check(self) -> None:
+        """Make sure the URL is an hdetach-studies service (its open liveness probe answers as
+        ours); NotTheService if it is something else, httpx's TransportError if nothing answers."""
+        try:
+            answer = self._get("healthz").json()
+        except (ApiError, ValueError):
+            answer = None
+        if answer != {"status": "ok"}:
+            raise NotTheService(f"{self.url} does not answer as an hdetach-studies service (GET healthz)")
+
     # -- studies ----------------------------------------------------------------------------------
     def submit(
         self,
@@ -148,11 +173,13 @@ class Client:
         if spec is not None and overrides is not None:
             raise ValueError("overrides go with a preset; change the spec itself instead")
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        headers["Content-Type"] = "application/json"
         if spec is not None:
-            path, body = "studies", _spec_json(spec)
+            path, body = "studies", _spec_body(spec)
         else:
-            path, body = f"presets/{quote(str(preset), safe='')}/studies", dict(overrides or {})
-        response = self._send("POST", path, safe=True, json=body, headers=headers)
+            path = f"presets/{quote(str(preset), safe='')}/studies"
+            body = json.dumps(dict(overrides or {})).encode()
+        response = self._send("POST", path, safe=True, content=body, headers=headers)
         created = StudyCreated.model_validate(response.json())
         return Study(self, created.id, created)
 

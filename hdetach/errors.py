@@ -9,7 +9,8 @@ invalid spec or settings) and an exit code that says whose move it is. The codes
     6  the database is unreachable (not running, wrong host or port, refused the login)
     7  no database there: a SQLite file that does not exist, or a database without our tables
        (or with older ones): `hdetach db upgrade` creates or migrates it
-    8  (--api) the REST service is unreachable, refuses the token (HDETACH_API_TOKEN), or fails
+    8  (--api) the REST service is unreachable, is not one (a wrong URL), refuses the token
+       (HDETACH_API_TOKEN), or fails
 
 A supervisor restarts a worker that exits 6 (the database may come back), never one that exits 2.
 """
@@ -27,13 +28,13 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_DATABASE_UNREACHABLE = 6  # the same code as workers.worker's (not imported here: torch)
 EXIT_NO_DATABASE = 7
-EXIT_API = 8  # --api: the service is unreachable, refuses the token, or fails
+EXIT_API = 8  # --api: the service is unreachable, not ours, refuses the token, or fails
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 the study refuses (no such id, or not in a state for that); 2 bad "
     "arguments, spec or settings; 6 the database is unreachable; 7 no database there, or one "
-    "without our tables (run `hdetach db upgrade`); 8 (with --api) the service is unreachable, "
-    "refuses the token (HDETACH_API_TOKEN) or fails."
+    "without our tables (run `hdetach db upgrade`); 8 (with --api) the service is unreachable or not "
+    "one, refuses the token (HDETACH_API_TOKEN) or fails."
 )
 
 
@@ -92,7 +93,7 @@ def shown_url(url: str) -> str:
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
     """Turn a database that is missing, not ours or unreachable into one line and its exit code."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 
     from studies.exceptions import NoDatabase
 
@@ -106,6 +107,10 @@ def database_errors(url: str) -> Iterator[None]:
             f"database {shown_url(url)} unreachable: {reason} (check the server and HDETACH_DATABASE_URL)",
             EXIT_DATABASE_UNREACHABLE,
         )
+    except DatabaseError as error:  # it answered, but not as a database of ours (a file that is not SQLite)
+        reason = one_line(error.orig if error.orig is not None else error)
+        unreadable = f"database {shown_url(url)} cannot be read: {reason} (check HDETACH_DATABASE_URL)"
+        fail(unreadable, EXIT_NO_DATABASE)
 
 
 @contextmanager
@@ -115,25 +120,28 @@ def api_errors(url: str) -> Iterator[None]:
     an invalid spec one line per field (exit 2), the rest exit 8."""
     import httpx
 
-    from hdetach.client import ApiError
+    from hdetach.client import ApiError, BadClientSetting, NotTheService
 
     try:
         yield
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+        fail(f"--api {url}: {one_line(error)}: give the service's URL, e.g. http://head:8000")
+    except BadClientSetting as error:
+        fail(str(error))
+    except NotTheService as error:
+        fail(f"{error} (check --api)", EXIT_API)
     except httpx.TransportError as error:
-        fail(f"API {url} unreachable: {one_line(error) or type(error).__name__} (check --api)", EXIT_API)
+        fail(f"API {url} unreachable: {type(error).__name__}: {one_line(error)} (check --api)", EXIT_API)
     except ApiError as error:
         problem = error.problem
         if problem.status in (401, 403):
             fail(f"API {url} refused the request ({problem.detail}): set HDETACH_API_TOKEN", EXIT_API)
         if problem.status == 422 and problem.errors:
-            records = [
-                {**e.model_dump(), "loc": e.loc[1:] if e.loc[:1] == ["body"] else e.loc}
-                for e in problem.errors
-            ]
-            fail(field_lines(records, prefix="invalid spec: "))
+            in_body = [{**e.model_dump(), "loc": e.loc[1:]} for e in problem.errors if e.loc[:1] == ["body"]]
+            elsewhere = [e.model_dump() for e in problem.errors if e.loc[:1] != ["body"]]
+            lines = [field_lines(in_body, "invalid spec: "), field_lines(elsewhere, "invalid request: ")]
+            fail("\n".join(line for line in lines if line))
         if problem.status < 500:
-            fail(
-                f"API {url}: {one_line(problem.detail)}",
-                EXIT_REFUSED if problem.status in (404, 409) else EXIT_USAGE,
-            )
+            code = EXIT_REFUSED if problem.status in (404, 409) else EXIT_USAGE
+            fail(f"API {url}: {one_line(problem.detail)}", code)
         fail(f"API {url} failed: {problem.status} {problem.title}: {one_line(problem.detail)}", EXIT_API)

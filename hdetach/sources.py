@@ -157,6 +157,11 @@ class ApiSource:
         from hdetach.client import Client
 
         self.client = Client(url)
+        self.client.check()  # a wrong URL is said as such, not as "no study with id N"
+
+    def submit(self, spec_text: str) -> int:
+        """Queue a study from its spec's JSON text (with an Idempotency-Key, see the client)."""
+        return self.client.submit(spec_text).id
 
     @contextmanager
     def _as_core_errors(self) -> Iterator[None]:

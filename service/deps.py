@@ -94,6 +94,10 @@ ReadAccess = Depends(require_read)
 # -- shared by the routes -----------------------------------------------------------------------
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such study"}}
+# what `load` answers for a study stored with a spec this version refuses
+STORED_SPEC: Responses = {
+    409: {"model": Problem, "description": "the study was stored with a spec this version refuses"}
+}
 CREATED: Responses = {
     201: {
         "description": "the study was queued (or, for a replayed Idempotency-Key, had been)",
@@ -124,24 +128,44 @@ def links(study_id: int) -> Links:
     )
 
 
+MAX_BODY_DEPTH = 32  # a study spec nests 3 levels; deeper bodies are refused before anything recurses
+
+
+def _refused_body(message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": message, "input": None}])
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep JSON containers nest in `value` (0 for a scalar), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 async def json_body(request: Request) -> Any:
-    """The request's body parsed as JSON and not validated further (the gate has capped its size):
-    a spec route hands it to the one validation the backend gives a spec, and documents its schema
-    with `spec_request_body`. Python's parser, as FastAPI's own: it keeps lone surrogates, so the
-    spec's validators refuse them naming their field instead of the parser refusing the body."""
+    """The request's body parsed as JSON and not validated further (the gate has capped its size;
+    an empty body is None): a spec route hands it to the one validation the backend gives a spec,
+    and documents its schema with `spec_request_body`. Python's parser, as FastAPI's own: it keeps
+    lone surrogates, so the spec's validators refuse them naming their field instead of the parser
+    refusing the body. Nesting deeper than MAX_BODY_DEPTH is refused here, before the validators,
+    the merge of a preset's overrides or an error's echo of the input recurse into it."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    too_deep = f"the body nests deeper than {MAX_BODY_DEPTH} levels"
     try:
-        return json.loads(await request.body())
+        value = json.loads(raw)
     except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body",),
-                    "msg": f"the body is not JSON: {error}",
-                    "input": None,
-                }
-            ]
-        ) from None
+        raise _refused_body(f"the body is not JSON: {error}") from None
+    except RecursionError:  # so deep that the parser itself gave up
+        raise _refused_body(too_deep) from None
+    if nesting_depth(value) > MAX_BODY_DEPTH:
+        raise _refused_body(too_deep)
+    return value
 
 
 JsonBody = Annotated[Any, Depends(json_body)]
@@ -154,10 +178,17 @@ def spec_request_body(examples: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
+def overrides_request_body(examples: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI's requestBody for a preset's overrides, read from `JsonBody`: an optional object."""
+    content = {"schema": {"type": "object", "additionalProperties": True}, "examples": examples}
+    return {"requestBody": {"required": False, "content": {"application/json": content}}}
+
+
 IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 def idempotency_key(
+    request: Request,
     key: Annotated[
         str | None,
         Header(
@@ -169,6 +200,9 @@ def idempotency_key(
         ),
     ] = None,
 ) -> str | None:
+    if len(request.headers.getlist(IDEMPOTENCY_KEY)) > 1:  # which one would the client mean?
+        sent = {"type": "too_many_keys", "loc": ("header", IDEMPOTENCY_KEY), "input": key}
+        raise RequestValidationError([{**sent, "msg": "send one Idempotency-Key header, not several"}])
     # the IETF draft writes the key as a structured-field string ("..."); bare keys are common too
     return None if key is None else key.strip('"')
 

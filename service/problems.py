@@ -119,7 +119,8 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 def declare_problems(schema: dict[str, Any]) -> None:
     """Make the OpenAPI document say what the errors really are: every 4xx/5xx response is a
     `Problem` as application/problem+json (FastAPI declares them as application/json, and its own
-    422 as a schema we do not send), and every write may be refused with 413 by the gate."""
+    422 as a schema we do not send), every write may be refused with 413 by the gate, and any
+    operation may meet a bug (500)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(components["Problem"].pop("$defs", {}))
@@ -130,6 +131,7 @@ def declare_problems(schema: dict[str, Any]) -> None:
             responses = operation.setdefault("responses", {})
             if method in WRITE_METHODS:
                 responses.setdefault("413", {"description": "the request body is larger than the limit"})
+            responses.setdefault("500", {"description": "a bug: the service's log has its traceback"})
             if "422" in responses:
                 responses["422"]["description"] = "the request is invalid: `errors` names each field"
             for code, response in responses.items():

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from service.deps import AUTH, CREATED, BackendDep, IdempotencyKey, ReadAccess, WriteAccess, submit_spec
+from service.deps import (
+    AUTH,
+    CREATED,
+    BackendDep,
+    IdempotencyKey,
+    JsonBody,
+    ReadAccess,
+    WriteAccess,
+    overrides_request_body,
+    submit_spec,
+)
 from service.schemas import Problem, StudyCreated
 from studies.paper import PaperFigure, paper_figures
 from studies.presets import PRESETS, preset_spec
@@ -50,16 +61,17 @@ def get_preset(name: str) -> PresetDetail:
     response_model=StudyCreated,
     dependencies=[WriteAccess],
     responses={**AUTH, **CREATED, 404: {"model": Problem, "description": "no such preset"}},
+    openapi_extra=overrides_request_body({"more seeds": {"value": {"seeds": [1, 2, 3], "priority": 5}}}),
 )
 def submit_preset(
-    request: Request,
-    response: Response,
-    backend: BackendDep,
-    key: IdempotencyKey,
-    name: str,
-    overrides: Annotated[dict[str, Any] | None, Body(examples=[{"seeds": [1, 2, 3], "priority": 5}])] = None,
+    request: Request, response: Response, backend: BackendDep, key: IdempotencyKey, name: str, body: JsonBody
 ) -> StudyCreated:
-    """Submit a preset; `overrides` are merged into its spec (nested objects merge, the rest replaces)."""
+    """Submit a preset; the body's overrides (an object, or none) are merged into its spec (nested
+    objects merge, the rest replaces)."""
+    if body is not None and not isinstance(body, dict):
+        refused = {"type": "dict_type", "loc": ("body",), "input": body}
+        raise RequestValidationError([{**refused, "msg": "the overrides must be a JSON object"}])
+    overrides: dict[str, Any] | None = body
     try:
         data = preset_spec(name, overrides)
     except KeyError as error:

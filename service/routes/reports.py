@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from service.cache import NOT_MODIFIED, CacheDep, Entry, lookup, respond
-from service.deps import AUTH, NOT_FOUND, BackendDep, ReadAccess, StudyId, load, summary_entry
+from service.deps import AUTH, NOT_FOUND, STORED_SPEC, BackendDep, ReadAccess, StudyId, load, summary_entry
 from studies import queue
 from studies.results import flat_trial_rows, to_csv, trial_row
 
@@ -24,7 +24,7 @@ MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
     "/{study_id}/report",
     response_class=HTMLResponse,
     dependencies=[ReadAccess],
-    responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED},
+    responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED, **STORED_SPEC},
 )
 def report(
     request: Request,
@@ -60,7 +60,8 @@ def report(
     responses={200: {"content": {"image/svg+xml": {}, "image/png": {}}, "description": "the plot"}}
     | NOT_FOUND
     | AUTH
-    | NOT_MODIFIED,
+    | NOT_MODIFIED
+    | STORED_SPEC,
 )
 def plot(
     request: Request,
@@ -94,7 +95,8 @@ def plot(
     responses={200: {"content": {"text/csv": {}}, "description": "one row per grid cell"}}
     | NOT_FOUND
     | AUTH
-    | NOT_MODIFIED,
+    | NOT_MODIFIED
+    | STORED_SPEC,
 )
 def trials_csv(request: Request, backend: BackendDep, cache: CacheDep, study_id: StudyId) -> Response:
     """The study's trials as CSV, one row per cell: variant, p_detach, lr, seed, state, the metric, and

@@ -13,6 +13,7 @@ from service.deps import (
     CREATED,
     MAX_ID,
     NOT_FOUND,
+    STORED_SPEC,
     BackendDep,
     CellIndex,
     IdempotencyKey,
@@ -149,7 +150,7 @@ def delete_study(backend: BackendDep, study_id: StudyId) -> Response:
     "/{study_id}/trials",
     response_model=TrialPage,
     dependencies=[ReadAccess],
-    responses={**NOT_FOUND, **AUTH},
+    responses={**NOT_FOUND, **AUTH, **STORED_SPEC},
 )
 def list_trials(
     request: Request,
@@ -176,7 +177,7 @@ def list_trials(
     "/{study_id}/trials/{cell}/curve",
     response_model=Curve,
     dependencies=[ReadAccess],
-    responses={404: {"model": Problem, "description": "no such study or cell"}, **AUTH},
+    responses={404: {"model": Problem, "description": "no such study or cell"}, **AUTH, **STORED_SPEC},
 )
 def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curve:
     """The cell's learning curve: recorded at the end, or the points reported so far while it trains."""
@@ -208,7 +209,7 @@ def trial_curve(backend: BackendDep, study_id: StudyId, cell: CellIndex) -> Curv
     "/{study_id}/summary",
     response_model=RobustnessSummary,
     dependencies=[ReadAccess],
-    responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED},
+    responses={**NOT_FOUND, **AUTH, **NOT_MODIFIED, **STORED_SPEC},
 )
 def summary(
     request: Request,

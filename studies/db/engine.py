@@ -215,7 +215,9 @@ def require_schema(url: str | URL, engine: Engine) -> None:
     upgrade_hint = "run `hdetach db upgrade` (or submit a study) to create or migrate it"
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database)
-        if not path.is_file():  # checked before connecting: sqlite3 creates a missing file
+        # checked before connecting: sqlite3 creates a missing file, and our connect pragmas (WAL)
+        # would write an empty one
+        if not path.is_file() or path.stat().st_size == 0:
             raise NoDatabase(
                 f"no SQLite database at {path.resolve()}: check HDETACH_DATABASE_URL, or {upgrade_hint}"
             )

@@ -116,10 +116,32 @@ def test_writes_go_through_the_api_with_the_token(trained, factory, service, tmp
     remote = via_api(service, "submit", str(bad))
     assert remote.returncode == direct.returncode == 2
     assert remote.stderr == direct.stderr and len(remote.stderr.splitlines()) == 2, remote.stderr
+    for text, needle in (
+        (json.dumps({**TINY, "success": {"metric": "accuracy", "threshold": float("nan")}}), "threshold"),
+        ('{"name": "broken', "not JSON"),
+    ):
+        bad.write_text(text)
+        direct, remote = hdetach("submit", str(bad), url=trained[0]), via_api(service, "submit", str(bad))
+        assert (remote.returncode, remote.stderr) == (direct.returncode, direct.stderr), text
+        one_line_error(remote, 2, needle)
 
 
-def test_api_errors_are_one_line(trained):
+def test_api_errors_are_one_line(trained, service):
     one_line_error(via_api("http://127.0.0.1:1", "studies", "list"), 8, "API http://127.0.0.1:1 unreachable")
+    for wrong in (f"{service}/api", f"{service}/studies"):  # answers, but is not the service's root
+        for command in (["studies", "list"], ["studies", "show", "1"]):
+            one_line_error(via_api(wrong, *command), 8, "does not answer as an hdetach-studies service")
+    one_line_error(via_api("http://[::1", "studies", "list"), 2, "--api http://[::1")
+    one_line_error(via_api("ftp://127.0.0.1", "studies", "list"), 2, "give the service's URL")
+    for token in ("ключ", "tok\nen"):
+        refused = via_api(service, "studies", "list", token=token)
+        one_line_error(refused, 2, "not printable ASCII")
+        assert token not in refused.stderr
+    too_big = str(2**31)  # ids are 32-bit: a usage error either way
+    direct = hdetach("studies", "show", too_big, url=trained[0])
+    remote = via_api(service, "studies", "show", too_big)
+    assert remote.returncode == direct.returncode == 2
+    assert all("2147483647" in r.stderr for r in (direct, remote))
     both = subprocess.run(
         [HDETACH, "studies", "list", "--api", "http://127.0.0.1:1", "--database-url", trained[0]],
         capture_output=True,

@@ -131,3 +131,36 @@ def test_every_spec_error_is_shown_naming_its_field(tmp_path: Path):
         "invalid spec: model.hidden_size: ",
         "invalid spec: learning_rates.0: Input should be greater than 0",
     )
+
+
+def test_an_empty_or_corrupt_sqlite_file_is_one_line_and_left_as_it_was(tmp_path: Path):
+    empty, corrupt = tmp_path / "empty.db", tmp_path / "corrupt.db"
+    empty.write_bytes(b"")
+    corrupt.write_text("this is not a database\n" * 100)
+    before = corrupt.read_bytes()
+    result = hdetach("studies", "list", "--database-url", f"sqlite:///{empty}")
+    assert_error_lines(result, EXIT_NO_DATABASE, "no SQLite database")
+    assert empty.read_bytes() == b""  # not turned into a database by the read
+    result = hdetach("studies", "list", "--database-url", f"sqlite:///{corrupt}")
+    assert_error_lines(result, EXIT_NO_DATABASE, "cannot be read: file is not a database")
+    assert corrupt.read_bytes() == before
+
+
+def test_a_spec_file_that_is_not_json_text_and_overrides_that_are_not_an_object(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    binary, broken = tmp_path / "binary.json", tmp_path / "broken.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    broken.write_text('{"seeds": [1, 2')
+
+    def submit(*args: str) -> subprocess.CompletedProcess[str]:
+        return hdetach("submit", *args, "--database-url", url)
+
+    assert_error_lines(submit(str(binary)), EXIT_USAGE, "not UTF-8 text")
+    assert_error_lines(submit(str(broken)), EXIT_USAGE, "broken.json: not JSON")
+    assert_error_lines(submit(str(tmp_path)), EXIT_USAGE, "a directory")
+    for overrides in ("[1]", "3", '"seeds"'):
+        result = submit("--preset", "adding-T50-small", "--overrides", overrides)
+        assert_error_lines(result, EXIT_USAGE, "--overrides must be a JSON object")
+    huge = hdetach("studies", "show", str(2**31), "--database-url", url)
+    assert huge.returncode == EXIT_USAGE and "2147483647" in huge.stderr and "Traceback" not in huge.stderr
+    assert not (tmp_path / "h.db").exists()

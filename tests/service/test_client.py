@@ -8,7 +8,7 @@ import httpx
 import pandas
 import pytest
 
-from hdetach.client import ApiError, Client
+from hdetach.client import ApiError, BadClientSetting, Client, NotTheService
 from service.schemas import StudyOut
 from studies.results import TrialRow
 from studies.robustness import RobustnessSummary
@@ -67,10 +67,20 @@ def test_the_client_raises_the_api_s_problem_naming_each_field(server):
         assert unknown.value.status == 404
         with pytest.raises(ValueError, match="one of them"):
             client.submit()
+        with pytest.raises(ApiError) as not_finite:  # sent as it is: the service names the field
+            client.submit({**SPEC, "success": {"metric": "accuracy", "threshold": float("nan")}})
+        assert [e.loc for e in not_finite.value.problem.errors or []] == [["body", "success", "threshold"]]
         assert client.studies() == []
     with Client(server.url, token="") as anonymous, pytest.raises(ApiError) as refused:
         anonymous.submit(SPEC)
     assert refused.value.status == 401
+    with pytest.raises(BadClientSetting, match="not printable ASCII") as bad_token:
+        Client(server.url, token="s3cret\nvalue")
+    assert "s3cret" not in str(bad_token.value)
+    with Client(f"{server.url}/api", TOKEN) as wrong, pytest.raises(NotTheService):
+        wrong.check()
+    with Client(server.url, TOKEN) as right:
+        right.check()
 
 
 class LosesTheFirstAnswer(httpx.HTTPTransport):

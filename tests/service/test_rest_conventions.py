@@ -15,6 +15,7 @@ from tests.service.conftest import TOKEN
 from tests.service.test_studies_api import SPEC
 
 PROBLEM_JSON = "application/problem+json"
+ANY_PRESET = "/presets/adding-T50-small/studies"
 
 
 def assert_problem(response: httpx.Response, status: int, path: str) -> dict:
@@ -43,6 +44,21 @@ def test_every_kind_of_error_is_a_problem_document(server):
     query = assert_problem(api.get("/studies", params={"limit": 0}), 422, "/studies")
     assert query["errors"][0]["loc"] == ["query", "limit"]
 
+    for depth in (33, 900, 5000, 100_000):  # deeper than a spec (3) or anything else needs
+        deep = ("[" * depth + "]" * depth).encode()
+        for path in ("/studies", ANY_PRESET):
+            nested = assert_problem(api.post(path, content=deep), 422, path)
+            assert "nests deeper than 32 levels" in nested["detail"], (path, depth)
+    for body in (b"[1]", b"3", b'"seeds"'):
+        overrides = assert_problem(api.post(ANY_PRESET, content=body), 422, ANY_PRESET)
+        assert overrides["errors"][0]["loc"] == ["body"] and "JSON object" in overrides["detail"]
+    not_json = assert_problem(api.post(ANY_PRESET, content=b"{bad"), 422, ANY_PRESET)
+    assert "the body is not JSON" in not_json["detail"]  # as /studies says it
+    headers = [("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")]
+    twice = assert_problem(api.post("/studies", json=SPEC, headers=headers), 422, "/studies")
+    assert twice["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert api.get("/studies").json()["total"] == 0
+
     study_id = api.post("/studies", json=SPEC).json()["id"]
     api.post(f"/studies/{study_id}/cancel")
     assert api.delete(f"/studies/{study_id}").status_code == 204
@@ -66,6 +82,9 @@ def test_openapi_declares_each_error_as_the_problem_it_is():
                 assert content[PROBLEM_JSON]["schema"] == {"$ref": "#/components/schemas/Problem"}
             if method in ("post", "delete"):
                 assert "413" in operation["responses"], (method, path)
+            assert "500" in operation["responses"], (method, path)
+            if path.startswith("/studies/{study_id}/") and method == "get":  # they read the stored spec
+                assert "409" in operation["responses"], (method, path)
     assert errors > 20
     readyz = schema["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]
     assert readyz["schema"] == {"$ref": "#/components/schemas/Readiness"}
