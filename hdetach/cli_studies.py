@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import TypeAdapter
@@ -24,9 +24,11 @@ from rich.table import Table
 
 from hdetach.cli import ApiUrl, DatabaseUrl, app, load_settings, one_source
 from hdetach.errors import EXIT_CODES_HELP, EXIT_USAGE, api_errors, database_errors, fail, refuse
-from hdetach.progress import add_study, cells_progress, show_jobs
-from hdetach.sources import ApiSource, DatabaseSource, StudiesSource, StudyInfo
 from hdetach.summary_text import summary_lines, summary_table
+
+if TYPE_CHECKING:  # the sources load the database's and the API's libraries: only when used, so that
+    # every command, `--help` and `--version` start quickly
+    from hdetach.sources import StudiesSource, StudyInfo
 
 studies_app = typer.Typer(
     help="List, show, watch, cancel and delete studies.", no_args_is_help=True, epilog=EXIT_CODES_HELP
@@ -41,6 +43,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 def studies_source(database_url: str | None, api: str | None = None) -> Iterator[StudiesSource]:
     """The source the commands read: the REST service with --api, else the database (opened
     without creating anything)."""
+    from hdetach.sources import ApiSource, DatabaseSource
+
     one_source(database_url, api)
     if api is not None:
         with api_errors(api), ApiSource(api) as remote:
@@ -89,6 +93,8 @@ def list_studies(
     with studies_source(database_url, api) as source:
         infos = source.list_studies(status, limit)
     if as_json:
+        from hdetach.sources import StudyInfo
+
         typer.echo(TypeAdapter(list[StudyInfo]).dump_json(infos).decode())  # as `show --json` writes one
         return
     table = Table(title="studies")
@@ -134,6 +140,8 @@ def watch(
 ) -> None:
     """Follow a study live: a progress bar with the time left, and the robustness summary as cells
     finish. Ends when the study does (exit 0), or on Ctrl-C (exit 130; the study goes on)."""
+    from hdetach.progress import add_study, cells_progress, show_jobs
+
     console = Console()
     with studies_source(database_url, api) as source, on_study(study_id):
         info = source.get(study_id)

@@ -31,8 +31,7 @@ from urllib.parse import quote, urljoin
 import httpx
 from pydantic import BaseModel
 
-from service.problems import Problem
-from service.schemas import Requeued, StudyCreated, StudyOut, StudyPage, TrialPage
+from service.schemas import Problem, Requeued, StudyCreated, StudyOut, StudyPage, TrialPage
 from studies.db.models import FINISHED_STUDY
 from studies.results import TrialRow, flat_trial_rows
 from studies.robustness import RobustnessSummary

@@ -156,7 +156,8 @@ class ApiSource:
     def __init__(self, url: str) -> None:
         from hdetach.client import Client
 
-        self.client = Client(url)
+        # one retry after a dropped connection: a command line that waits long helps nobody
+        self.client = Client(url, retries=1)
         self.client.check()  # a wrong URL is said as such, not as "no study with id N"
 
     def submit(self, spec_text: str) -> int:

@@ -4,7 +4,8 @@ Every error (a refused token, a body too large, a spec refused field by field, a
 conflict, a route or method that does not exist, and a bug) is `application/problem+json` with
 `type`, `title`, `status` and `detail`; a refused request body or query adds `errors`, one per
 field. The handlers are installed by `install_problem_handlers`, the gate answers with
-`problem_response` too, and the routes declare `Problem` as the schema of each error they give.
+`problem_response` too, and the routes declare `Problem` (`service.schemas`) as the schema of each
+error they give.
 """
 
 from __future__ import annotations
@@ -17,32 +18,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from service.schemas import Problem
 from studies.exceptions import Conflict, NotFound
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
-
-
-class FieldError(BaseModel):
-    loc: list[str | int] = Field(description="where: `body`, `query` or `path`, then the field's path")
-    msg: str
-    type: str = Field(description="pydantic's error type, e.g. `greater_than` or `missing`")
-    input: Any = Field(None, description="the value refused (omitted when there was none)")
-
-
-class Problem(BaseModel):
-    """An error response (RFC 9457 problem details)."""
-
-    type: str = Field("about:blank", description="`about:blank`: the status code says what kind of error")
-    title: str = Field(description="the status code's phrase, e.g. `Not Found`")
-    status: int
-    detail: str = Field(description="what went wrong with this request, in words")
-    instance: str | None = Field(None, description="the request's path")
-    errors: list[FieldError] | None = Field(None, description="each refused field (422 only)")
 
 
 def plain_json(value: Any) -> Any:

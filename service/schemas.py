@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "Curve",
     "CurvePoint",
+    "FieldError",
     "Links",
     "Page",
     "Problem",
@@ -22,8 +23,25 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.problems import Problem
 from studies.results import CurvePoint, TrialRow
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: `body`, `query` or `path`, then the field's path")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. `greater_than` or `missing`")
+    input: Any = Field(None, description="the value refused (omitted when there was none)")
+
+
+class Problem(BaseModel):
+    """An error response (RFC 9457 problem details)."""
+
+    type: str = Field("about:blank", description="`about:blank`: the status code says what kind of error")
+    title: str = Field(description="the status code's phrase, e.g. `Not Found`")
+    status: int
+    detail: str = Field(description="what went wrong with this request, in words")
+    instance: str | None = Field(None, description="the request's path")
+    errors: list[FieldError] | None = Field(None, description="each refused field (422 only)")
 
 
 class Links(BaseModel):

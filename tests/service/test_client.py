@@ -16,6 +16,8 @@ from tests.service.conftest import TOKEN, run_worker
 from tests.service.test_studies_api import SPEC
 
 
+# on SQLite only: the REST tests run every route on both databases; this one trains a study
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_study_s_whole_life_through_the_client(server, tmp_path):
     with Client(server.url, TOKEN, page_size=3) as client:
         study = client.submit(SPEC)
