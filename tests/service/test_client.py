@@ -15,9 +15,11 @@ from studies.robustness import RobustnessSummary
 from tests.service.conftest import TOKEN, run_worker
 from tests.service.test_studies_api import SPEC
 
+# the client's tests run on SQLite only: the REST tests run every route on both databases
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
-# on SQLite only: the REST tests run every route on both databases; this one trains a study
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+@SQLITE_ONLY
 def test_a_study_s_whole_life_through_the_client(server, tmp_path):
     with Client(server.url, TOKEN, page_size=3) as client:
         study = client.submit(SPEC)
@@ -56,6 +58,7 @@ def test_a_study_s_whole_life_through_the_client(server, tmp_path):
         assert gone.value.status == 404 and f"no study {other.id}" in str(gone.value)
 
 
+@SQLITE_ONLY
 def test_the_client_raises_the_api_s_problem_naming_each_field(server):
     with Client(server.url, TOKEN) as client:
         with pytest.raises(ApiError) as refused:
@@ -101,6 +104,7 @@ class LosesTheFirstAnswer(httpx.HTTPTransport):
         return response
 
 
+@SQLITE_ONLY
 def test_a_submission_whose_answer_is_lost_is_retried_without_a_second_study(server):
     transport = LosesTheFirstAnswer()
     with Client(server.url, TOKEN, transport=transport) as client:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urljoin
 
 import httpx
+import pytest
 
 from deployment.settings import Settings
 from service.app import create_app
@@ -95,6 +96,10 @@ def test_openapi_declares_each_error_as_the_problem_it_is():
         assert "Idempotency-Key" in parameters, path
 
 
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database in play
+
+
+@SQLITE_ONLY
 def test_docs_are_served_by_the_app_itself(server):
     api = server.client()
     page = api.get("/docs")
