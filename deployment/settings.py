@@ -132,10 +132,15 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def is_token_text(token: str) -> bool:
+    """Whether `token` can be a bearer token: printable ASCII without spaces, what an HTTP header
+    carries (anything else could never be presented)."""
+    return all(0x21 <= ord(c) <= 0x7E for c in token)
+
+
 def _check_tokens(value: str, name: str) -> str:
-    # a bearer token travels in an HTTP header: anything else could never be presented
     tokens = [t.strip() for t in value.split(",")]
-    if not all(0x21 <= ord(c) <= 0x7E for token in tokens for c in token):
+    if not all(is_token_text(token) for token in tokens):
         raise ValueError(f"{name}: tokens must be printable ASCII, without spaces")
     return value
 

@@ -31,6 +31,7 @@ from urllib.parse import quote, urljoin
 import httpx
 from pydantic import BaseModel
 
+from deployment.settings import is_token_text
 from service.schemas import Problem, Requeued, StudyCreated, StudyOut, StudyPage, TrialPage
 from studies.db.models import FINISHED_STUDY
 from studies.results import TrialRow, flat_trial_rows
@@ -99,9 +100,8 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ):
         token = token if token is not None else os.environ.get(TOKEN_ENV)
-        # tokens are printable ASCII (see deployment.settings); anything else cannot be one, and
-        # the message must not repeat it
-        if token and not all("!" <= c <= "~" for c in token):
+        # the message must not repeat the token
+        if token and not is_token_text(token):
             raise BadClientSetting(f"the API token (${TOKEN_ENV} or token=) is not printable ASCII")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/") + "/"
